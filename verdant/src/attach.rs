@@ -1,0 +1,146 @@
+//! Running a library's attach hook under a time limit.
+//!
+//! A synchronous hook that hangs cannot be cancelled. It therefore runs on a
+//! thread of its own; the transaction waits at most the time limit and then
+//! abandons it, without holding anything a reader needs. The abandoned
+//! thread is listed in `status().stuck_attaches` until it returns; if it
+//! ever does, the instance it made is detached at once and never served.
+//!
+//! Hand-off protocol (one `Mutex<Attempt>` per attach): whichever side comes
+//! second — the waiter giving up or the hook finishing — decides. The waiter
+//! marks `Abandoned` only while the attempt is `Running`; the thread sends
+//! its outcome only while nobody abandoned it, otherwise retires it itself.
+
+use std::any::Any;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+
+use crate::descriptor::{AttachArgs, AttachFailure, AttachOutcome, Instance};
+use crate::error::LoadError;
+use crate::interface::Interface;
+use crate::loader::LoadedLibrary;
+
+/// An attach hook that exceeded the time limit and has not returned yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckAttach {
+    /// The loadable whose hook is stuck.
+    pub loadable: String,
+    /// The name of the thread running it.
+    pub thread: String,
+    /// When the transaction gave up on it.
+    pub since: SystemTime,
+    id: u64,
+}
+
+/// The registry's list of abandoned attach threads.
+#[derive(Debug, Default)]
+pub(crate) struct StuckAttaches {
+    list: Mutex<Vec<StuckAttach>>,
+    next_id: AtomicU64,
+}
+
+impl StuckAttaches {
+    pub(crate) fn snapshot(&self) -> Vec<StuckAttach> {
+        self.list.lock().clone()
+    }
+}
+
+/// Everything an attach needs from the registry.
+#[derive(Clone)]
+pub(crate) struct AttachEnv {
+    pub context: Arc<dyn Any + Send + Sync>,
+    pub runtime: Option<tokio::runtime::Handle>,
+    pub timeout: Duration,
+    pub stuck: Arc<StuckAttaches>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Attempt {
+    Running,
+    Finished,
+    Abandoned,
+}
+
+/// Runs the attach entry point of `library` for interface `I`.
+pub(crate) fn attach<I: Interface + ?Sized>(
+    library: &Arc<LoadedLibrary>,
+    env: &AttachEnv,
+    loadable: &str,
+) -> Result<Box<dyn Instance<I>>, LoadError> {
+    let id = env.stuck.next_id.fetch_add(1, Ordering::Relaxed);
+    let thread_name = format!("verdant-attach-{loadable}-{id}");
+    let attempt = Arc::new(Mutex::new(Attempt::Running));
+    let (sender, receiver) = mpsc::sync_channel::<AttachOutcome<I>>(1);
+
+    let thread_library = library.clone();
+    let thread_attempt = attempt.clone();
+    let context = env.context.clone();
+    let runtime = env.runtime.clone();
+    let stuck = env.stuck.clone();
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            let args = AttachArgs {
+                context: Arc::as_ptr(&context).cast::<()>(),
+                runtime,
+                dispatch: tracing::dispatcher::get_default(|dispatch| dispatch.clone()),
+            };
+            let mut outcome = MaybeUninit::<AttachOutcome<I>>::uninit();
+            // SAFETY: the fingerprints (checked before this step) show that
+            // the library's interface is `I` and its context type is the
+            // registry's, which `context` holds alive for the call; the entry
+            // point initialises `outcome` and never unwinds (it catches
+            // panics inside the library).
+            let outcome = unsafe {
+                (thread_library.descriptor().attach)(&args, outcome.as_mut_ptr().cast());
+                outcome.assume_init()
+            };
+            let mut state = thread_attempt.lock();
+            if *state == Attempt::Abandoned {
+                drop(state);
+                stuck.list.lock().retain(|s| s.id != id);
+                if let Ok(instance) = outcome {
+                    tracing::warn!(thread = %std::thread::current().name().unwrap_or("?"), "an abandoned attach hook returned late; detaching its instance");
+                    if let Err(panic) = instance.retire() {
+                        tracing::error!(panic = panic.message(), "detach of a late instance panicked; contained");
+                    }
+                }
+            } else {
+                *state = Attempt::Finished;
+                // The receiver is alive: the waiter either waits or will
+                // see `Finished` and receive.
+                let _ = sender.send(outcome);
+            }
+            drop(thread_library);
+        })
+        .map_err(|e| LoadError::Thread { source: Arc::new(e) })?;
+
+    let outcome = match receiver.recv_timeout(env.timeout) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let mut state = attempt.lock();
+            if *state == Attempt::Running {
+                *state = Attempt::Abandoned;
+                env.stuck.list.lock().push(StuckAttach {
+                    loadable: loadable.to_owned(),
+                    thread: thread_name.clone(),
+                    since: SystemTime::now(),
+                    id,
+                });
+                tracing::error!(thread = %thread_name, limit = ?env.timeout, "attach hook timed out; thread abandoned");
+                return Err(LoadError::AttachTimedOut { limit: env.timeout, thread: thread_name });
+            }
+            drop(state);
+            // Finished just after the deadline: the outcome is in the channel.
+            receiver.recv().map_err(|_| LoadError::AttachTimedOut { limit: env.timeout, thread: thread_name })?
+        }
+    };
+    outcome.map_err(|failure| match failure {
+        AttachFailure::Failed(message) => LoadError::AttachFailed { message },
+        AttachFailure::Panicked(panic) => LoadError::AttachPanicked { message: panic.message().to_owned() },
+    })
+}

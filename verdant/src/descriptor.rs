@@ -1,0 +1,167 @@
+//! The descriptor every loadable exports, and the types its entry points use.
+//!
+//! The loader finds the descriptor by its symbol name before trusting
+//! anything else in the file. Its layout is in two parts:
+//!
+//! 1. a `#[repr(C)]` header — magic, descriptor ABI version and the version
+//!    strings as pointer + length — whose layout never changes, so it can be
+//!    read from a library built by any compiler;
+//! 2. Rust-ABI entry points, used only after the header showed the same
+//!    descriptor ABI, the same `verdant` and the same rustc, and after the
+//!    [`Fingerprint`]s showed that every crossing type is the host's type.
+//!
+//! This module is public only so that [`export!`](crate::export) can expand
+//! in a library crate; it is not a stable API.
+
+use std::any::TypeId;
+
+use crate::boundary::Panic;
+use crate::interface::Interface;
+
+/// The symbol name of the descriptor. It carries the descriptor ABI version,
+/// so a library built for another ABI shows up by name in the dynamic symbol
+/// table without being opened.
+pub const SYMBOL: &str = "__verdant_descriptor_v1";
+
+/// What every descriptor symbol name starts with.
+pub const SYMBOL_PREFIX: &str = "__verdant_descriptor_";
+
+/// The descriptor ABI this build of verdant reads and writes.
+pub const ABI_VERSION: u32 = 1;
+
+/// The first bytes of every descriptor.
+pub const MAGIC: [u8; 16] = *b"verdant-loadable";
+
+/// The rustc that compiled this copy of verdant (`rustc -V`).
+pub const RUSTC_VERSION: &str = env!("VERDANT_RUSTC_VERSION");
+
+/// This copy of verdant's own version.
+pub const VERDANT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A `&'static str` with a C layout, readable across compilers.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawStr {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl RawStr {
+    /// Wraps a static string.
+    pub const fn new(s: &'static str) -> Self {
+        RawStr { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// Reads the string back, lossily.
+    ///
+    /// # Safety
+    /// `self` must come from [`RawStr::new`] in a library that is still mapped.
+    pub unsafe fn read(&self) -> String {
+        if self.ptr.is_null() {
+            return String::new();
+        }
+        // SAFETY: the caller guarantees ptr/len describe a live static string.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// One type that crosses the boundary, as the side that built it sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Fingerprint {
+    /// What the type is for (`"interface"`, `"context"`, ...).
+    pub role: &'static str,
+    /// `std::any::type_name` of the type.
+    pub type_name: &'static str,
+    /// Its `TypeId`: equal only between artifacts of one compiler and one
+    /// feature resolution (BOUNDARY.md §3).
+    pub id: TypeId,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `T` in `role`.
+    pub fn of<T: ?Sized + 'static>(role: &'static str) -> Self {
+        Fingerprint { role, type_name: std::any::type_name::<T>(), id: TypeId::of::<T>() }
+    }
+}
+
+/// Every type that crosses the boundary for interface `I` and context
+/// `context`. Host and library both call this, so the lists line up by
+/// construction and differ only where the builds differ.
+pub fn fingerprints<I: Interface + ?Sized>(context: Fingerprint) -> [Fingerprint; 6] {
+    [
+        Fingerprint::of::<I>("interface"),
+        Fingerprint::of::<I::Boundary>("interface boundary"),
+        context,
+        Fingerprint::of::<dyn Instance<I>>("verdant instance ABI"),
+        Fingerprint::of::<tokio::runtime::Handle>("tokio runtime handle"),
+        Fingerprint::of::<tracing::Dispatch>("tracing dispatcher"),
+    ]
+}
+
+/// An attached instance, owned by the library that made it.
+///
+/// The host reaches the interface through [`Instance::boundary`] and gives
+/// the instance back through [`Instance::retire`], which runs the detach hook
+/// and frees the value inside the library, under a panic guard.
+pub trait Instance<I: Interface + ?Sized>: Send + Sync {
+    /// The panic-guarded interface object.
+    fn boundary(&self) -> &I::Boundary;
+    /// Runs the detach hook and drops the instance, inside the library.
+    fn retire(self: Box<Self>) -> Result<(), Panic>;
+}
+
+/// What the host hands to a library's attach entry point.
+pub struct AttachArgs {
+    /// `&C` of the registry's context type, erased; its type was checked by
+    /// fingerprint before the call.
+    pub context: *const (),
+    /// The host's tokio runtime, entered around the attach hook so that
+    /// library code sees a runtime (BOUNDARY.md §2).
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// The host's tracing dispatcher; the library installs it as its own
+    /// global default, since its `static`s are its own (BOUNDARY.md §7).
+    pub dispatch: tracing::Dispatch,
+}
+
+/// Why an attach entry point produced no instance.
+#[derive(Debug, Clone)]
+pub enum AttachFailure {
+    /// The hook returned an error.
+    Failed(String),
+    /// The hook panicked.
+    Panicked(Panic),
+}
+
+/// What the attach entry point writes into its out-parameter.
+pub type AttachOutcome<I> = Result<Box<dyn Instance<I>>, AttachFailure>;
+
+/// The descriptor a loadable exports under [`SYMBOL`].
+#[repr(C)]
+pub struct Descriptor {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 16],
+    /// Always [`ABI_VERSION`] of the verdant that built the library.
+    pub abi_version: u32,
+    /// [`RUSTC_VERSION`] of the library's build.
+    pub rustc_version: RawStr,
+    /// [`VERDANT_VERSION`] of the library's build.
+    pub verdant_version: RawStr,
+    /// The library package's name.
+    pub package_name: RawStr,
+    /// The library package's version.
+    pub package_version: RawStr,
+    /// Writes the library's fingerprints (see [`fingerprints`]).
+    pub fingerprints: fn(&mut dyn FnMut(Fingerprint)),
+    /// Runs the attach hook; writes an `AttachOutcome<I>` to `out`.
+    ///
+    /// # Safety
+    /// Only after every fingerprint matched: `args.context` must point to the
+    /// context type and `out` to an uninitialised `AttachOutcome<I>` of the
+    /// library's interface.
+    pub attach: unsafe fn(args: &AttachArgs, out: *mut ()),
+}
+
+// SAFETY: the descriptor is immutable static data: pointers to static strings
+// and function pointers.
+unsafe impl Sync for Descriptor {}

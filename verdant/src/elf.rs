@@ -1,0 +1,192 @@
+//! Checking a library file before `dlopen` ever sees it.
+//!
+//! `dlopen` maps segments by the program headers; a page of a segment that
+//! lies past the end of a truncated file raises SIGBUS when touched instead of
+//! an error (BOUNDARY.md §5). So the private copy is parsed first with the
+//! `object` crate: it must be an ELF shared object for this machine, every
+//! `PT_LOAD` segment and both header tables must lie inside the file, and the
+//! dynamic symbol table must define exactly one Verdant descriptor. The last
+//! check also means a foreign library is refused without running its
+//! constructors.
+
+use object::elf;
+use object::read::elf::{FileHeader, ProgramHeader, Sym};
+use object::{Endian, Endianness};
+
+use crate::descriptor;
+use crate::error::LoadError;
+
+#[cfg(target_pointer_width = "64")]
+type Header = elf::FileHeader64<Endianness>;
+#[cfg(target_pointer_width = "32")]
+type Header = elf::FileHeader32<Endianness>;
+
+#[cfg(target_pointer_width = "64")]
+const HOST_CLASS: u8 = elf::ELFCLASS64;
+#[cfg(target_pointer_width = "32")]
+const HOST_CLASS: u8 = elf::ELFCLASS32;
+
+/// The ELF machine of this build's target.
+const HOST_MACHINE: u16 = if cfg!(target_arch = "x86_64") {
+    elf::EM_X86_64
+} else if cfg!(target_arch = "aarch64") {
+    elf::EM_AARCH64
+} else if cfg!(target_arch = "riscv64") {
+    elf::EM_RISCV
+} else if cfg!(target_arch = "x86") {
+    elf::EM_386
+} else if cfg!(target_arch = "arm") {
+    elf::EM_ARM
+} else {
+    elf::EM_NONE // unknown target: the machine check is skipped
+};
+
+/// Checks `bytes`, the private copy's content.
+pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.is_empty() {
+        return Err(LoadError::Empty);
+    }
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        let shown: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(LoadError::NotElf { detail: format!("{} bytes starting with {}", bytes.len(), shown.join(" ")) });
+    }
+    if bytes.len() < 5 || bytes[4] != HOST_CLASS {
+        let found = match bytes.get(4) {
+            Some(&elf::ELFCLASS32) => "a 32-bit machine",
+            Some(&elf::ELFCLASS64) => "a 64-bit machine",
+            _ => "an unknown word size",
+        };
+        return Err(LoadError::WrongArchitecture { found: found.to_owned(), expected: host_name() });
+    }
+    let header = Header::parse(bytes).map_err(|e| truncated_or_malformed(bytes, "ELF header", e))?;
+    let endian = header.endian().map_err(|e| LoadError::Malformed { detail: e.to_string() })?;
+    if endian.is_little_endian() != cfg!(target_endian = "little") {
+        return Err(LoadError::WrongArchitecture { found: "the other byte order".to_owned(), expected: host_name() });
+    }
+    let machine = header.e_machine(endian);
+    if HOST_MACHINE != elf::EM_NONE && machine != HOST_MACHINE {
+        return Err(LoadError::WrongArchitecture { found: machine_name(machine), expected: host_name() });
+    }
+    match header.e_type(endian) {
+        elf::ET_DYN => {}
+        elf::ET_EXEC => return Err(LoadError::NotSharedObject { found: "executable".to_owned() }),
+        elf::ET_REL => return Err(LoadError::NotSharedObject { found: "relocatable object (.o/.rlib member)".to_owned() }),
+        elf::ET_CORE => return Err(LoadError::NotSharedObject { found: "core dump".to_owned() }),
+        other => return Err(LoadError::NotSharedObject { found: format!("file of type {other}") }),
+    }
+
+    let len = bytes.len() as u64;
+    let segments = header
+        .program_headers(endian, bytes)
+        .map_err(|e| truncated_or_malformed(bytes, "program header table", e))?;
+    if segments.is_empty() {
+        return Err(LoadError::Malformed { detail: "no program headers".to_owned() });
+    }
+    for (index, segment) in segments.iter().enumerate() {
+        if segment.p_type(endian) != elf::PT_LOAD {
+            continue;
+        }
+        let start: u64 = segment.p_offset(endian).into();
+        let size: u64 = segment.p_filesz(endian).into();
+        let end = start.checked_add(size).ok_or_else(|| LoadError::Malformed {
+            detail: format!("PT_LOAD segment {index} has an offset overflow"),
+        })?;
+        if end > len {
+            return Err(LoadError::Truncated {
+                detail: format!("PT_LOAD segment {index} needs bytes {start}..{end} but the file has {len} bytes"),
+            });
+        }
+    }
+
+    let sections = header
+        .sections(endian, bytes)
+        .map_err(|e| truncated_or_malformed(bytes, "section header table", e))?;
+    let symbols = sections
+        .symbols(endian, bytes, elf::SHT_DYNSYM)
+        .map_err(|e| truncated_or_malformed(bytes, "dynamic symbol table", e))?;
+    let strings = symbols.strings();
+    let mut descriptors = Vec::new();
+    for symbol in symbols.iter() {
+        if symbol.st_shndx(endian) == elf::SHN_UNDEF {
+            continue;
+        }
+        let Ok(name) = symbol.name(endian, strings) else { continue };
+        if name.starts_with(descriptor::SYMBOL_PREFIX.as_bytes()) {
+            descriptors.push(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    match descriptors.as_slice() {
+        [] => Err(LoadError::NotVerdant { symbol: descriptor::SYMBOL }),
+        [only] if only == descriptor::SYMBOL => Ok(()),
+        _ => Err(LoadError::DescriptorMismatch { found: descriptors, expected: descriptor::SYMBOL }),
+    }
+}
+
+/// A parse error of a table is a truncation when the table would start past
+/// the end of the file; otherwise the file is malformed.
+fn truncated_or_malformed(bytes: &[u8], what: &str, error: object::read::Error) -> LoadError {
+    let mut truncated = bytes.len() < std::mem::size_of::<Header>();
+    if let Ok(header) = Header::parse(bytes) {
+        if let Ok(endian) = header.endian() {
+            let ph_end = u64::from(header.e_phoff(endian))
+                + u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian));
+            let sh_end = u64::from(header.e_shoff(endian))
+                + u64::from(header.e_shnum(endian)) * u64::from(header.e_shentsize(endian));
+            truncated = ph_end > bytes.len() as u64 || sh_end > bytes.len() as u64;
+        }
+    }
+    if truncated {
+        LoadError::Truncated { detail: format!("the {what} lies past the end of the file ({} bytes): {error}", bytes.len()) }
+    } else {
+        LoadError::Malformed { detail: format!("{what}: {error}") }
+    }
+}
+
+fn host_name() -> String {
+    format!("{} ({}-bit)", std::env::consts::ARCH, usize::BITS)
+}
+
+fn machine_name(machine: u16) -> String {
+    match machine {
+        elf::EM_X86_64 => "x86_64".to_owned(),
+        elf::EM_AARCH64 => "aarch64".to_owned(),
+        elf::EM_RISCV => "riscv".to_owned(),
+        elf::EM_386 => "x86".to_owned(),
+        elf::EM_ARM => "arm".to_owned(),
+        other => format!("ELF machine {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test binary's own dependencies include shared objects; libc is
+    /// one every Linux process has. Any well-formed shared object without a
+    /// descriptor is "not a Verdant library".
+    fn system_library() -> Option<Vec<u8>> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("libc.so"))?;
+        std::fs::read(path).ok()
+    }
+
+    #[test]
+    fn empty_random_and_foreign_files_are_refused_precisely() {
+        assert!(matches!(validate(b""), Err(LoadError::Empty)));
+        assert!(matches!(validate(b"#!/bin/sh\necho hi\n"), Err(LoadError::NotElf { .. })));
+        let libc = system_library().expect("the test process maps libc");
+        assert!(matches!(validate(&libc), Err(LoadError::NotVerdant { .. })), "{:?}", validate(&libc));
+        let error = validate(&libc[..libc.len() / 3]).unwrap_err();
+        assert!(matches!(error, LoadError::Truncated { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn an_executable_is_not_a_shared_object() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Rust test binaries are PIE, i.e. ET_DYN; patch e_type to ET_EXEC.
+        let mut exe = exe;
+        exe[16] = elf::ET_EXEC as u8;
+        exe[17] = 0;
+        assert!(matches!(validate(&exe), Err(LoadError::NotSharedObject { .. })));
+    }
+}

@@ -1,0 +1,136 @@
+//! A registered loadable: its name, path and typed slot, behind a
+//! type-erased face the transaction can drive.
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+use crate::attach::{self, AttachEnv};
+use crate::descriptor::{self, Fingerprint};
+use crate::error::LoadError;
+use crate::handle::Slot;
+use crate::interface::Interface;
+use crate::loader::LoadedLibrary;
+use crate::version::{Retirement, Version, VersionMeta};
+
+/// A loadable as the registry keeps it.
+pub(crate) struct Entry {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    pub interface: &'static str,
+    /// `Arc<Slot<I>>` of the interface given to `add`.
+    pub slot: Arc<dyn Any + Send + Sync>,
+    pub ops: Box<dyn EntryOps>,
+    /// Versions that stopped serving, oldest first.
+    pub retired: Mutex<Vec<Retired>>,
+}
+
+impl Entry {
+    pub(crate) fn new<I: Interface + ?Sized>(name: &str, path: PathBuf) -> Entry {
+        let name: Arc<str> = Arc::from(name);
+        let slot = Arc::new(Slot::<I>::new(name.clone()));
+        Entry {
+            name,
+            path,
+            interface: std::any::type_name::<I>(),
+            slot: slot.clone(),
+            ops: Box::new(TypedOps { slot }),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// A version that stopped serving.
+pub(crate) struct Retired {
+    pub meta: Arc<VersionMeta>,
+    /// The version itself, alive while calls still pin it.
+    pub pins: Weak<dyn Any + Send + Sync>,
+}
+
+/// The typed operations of an entry.
+pub(crate) trait EntryOps: Send + Sync {
+    /// The fingerprints a library must match for this entry.
+    fn expected(&self, context: Fingerprint) -> Vec<Fingerprint>;
+    /// Attaches a checked library; the result serves once committed.
+    fn attach(
+        &self,
+        library: Arc<LoadedLibrary>,
+        meta: Arc<VersionMeta>,
+        env: &AttachEnv,
+        retirement: &Retirement,
+    ) -> Result<Box<dyn Prepared>, LoadError>;
+    /// The serving version's bookkeeping.
+    fn current(&self) -> Option<Arc<VersionMeta>>;
+    /// Stops serving (revoke): the slot becomes empty and refuses pins.
+    fn revoke(&self) -> Option<Retired>;
+}
+
+/// An attached version waiting for the transaction to commit. Dropping it
+/// uncommitted detaches the instance (rollback).
+pub(crate) trait Prepared: Send {
+    fn meta(&self) -> &Arc<VersionMeta>;
+    /// Swaps the version in and returns the one it replaced.
+    fn commit(self: Box<Self>) -> Option<Retired>;
+}
+
+struct TypedOps<I: Interface + ?Sized> {
+    slot: Arc<Slot<I>>,
+}
+
+impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
+    fn expected(&self, context: Fingerprint) -> Vec<Fingerprint> {
+        descriptor::fingerprints::<I>(context).to_vec()
+    }
+
+    fn attach(
+        &self,
+        library: Arc<LoadedLibrary>,
+        meta: Arc<VersionMeta>,
+        env: &AttachEnv,
+        retirement: &Retirement,
+    ) -> Result<Box<dyn Prepared>, LoadError> {
+        let instance = attach::attach::<I>(&library, env, &self.slot.name)?;
+        let version = Arc::new(Version::new(instance, library, meta, retirement.clone()));
+        Ok(Box::new(PreparedVersion { slot: self.slot.clone(), version }))
+    }
+
+    fn current(&self) -> Option<Arc<VersionMeta>> {
+        self.slot.current.load().as_ref().map(|version| version.meta().clone())
+    }
+
+    fn revoke(&self) -> Option<Retired> {
+        self.slot.revoked.store(true, std::sync::atomic::Ordering::Release);
+        self.slot.current.swap(None).map(retire)
+    }
+}
+
+struct PreparedVersion<I: Interface + ?Sized> {
+    slot: Arc<Slot<I>>,
+    version: Arc<Version<I>>,
+}
+
+impl<I: Interface + ?Sized> Prepared for PreparedVersion<I> {
+    fn meta(&self) -> &Arc<VersionMeta> {
+        self.version.meta()
+    }
+
+    fn commit(self: Box<Self>) -> Option<Retired> {
+        // `swap` returns only after every reader that loaded the old version
+        // through a debt slot has had its debt paid, so from here on the old
+        // version's strong count is its exact number of pins (plus ours).
+        self.slot.current.swap(Some(self.version)).map(retire)
+    }
+}
+
+/// Marks `old` retired and lets go of the slot's reference: if no call pins
+/// it, it is detached right away (on the retirement thread).
+fn retire<I: Interface + ?Sized>(old: Arc<Version<I>>) -> Retired {
+    *old.meta().retired_at.lock() = Some(SystemTime::now());
+    let meta = old.meta().clone();
+    let pins: Weak<dyn Any + Send + Sync> = Arc::downgrade(&old) as Weak<dyn Any + Send + Sync>;
+    drop(old);
+    Retired { meta, pins }
+}

@@ -1,0 +1,341 @@
+//! Errors: what failed, where, and what to do about it.
+//!
+//! Every error is `Clone` (I/O errors are shared behind an `Arc`) because one
+//! reload can answer several coalesced callers.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::report::ReloadReport;
+
+/// A step of the load pipeline, named in every error and timed in every
+/// report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Step {
+    /// Reading the built artifact and hashing it.
+    Read,
+    /// Checking the bytes that will be the private copy: a complete shared
+    /// object for this machine that defines exactly one Verdant descriptor.
+    Validate,
+    /// Writing the private copy (a fresh inode, BOUNDARY.md §5); only the
+    /// validated bytes are written, and only this copy is opened.
+    Copy,
+    /// `dlopen` and reading the descriptor header.
+    Open,
+    /// Comparing the `TypeId`s of every crossing type with the host's.
+    Check,
+    /// Running the attach hook under the time limit.
+    Attach,
+    /// Swapping the new version in.
+    Swap,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Read => "read",
+            Step::Copy => "copy",
+            Step::Validate => "validate",
+            Step::Open => "open",
+            Step::Check => "check",
+            Step::Attach => "attach",
+            Step::Swap => "swap",
+        })
+    }
+}
+
+/// What was wrong with a library, or with loading it.
+///
+/// ```
+/// # use verdant::LoadError;
+/// fn advice(e: &LoadError) -> &'static str {
+///     match e {
+///         LoadError::Truncated { .. } | LoadError::Empty => "wait for the build to finish, then reload",
+///         LoadError::TypeMismatch { .. } => "rebuild the library together with the host",
+///         _ => "see the message",
+///     }
+/// }
+/// assert_eq!(advice(&LoadError::Empty), "wait for the build to finish, then reload");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The artifact could not be read.
+    #[error("cannot read the library: {source}; build it first, or fix the path given to add()")]
+    Read {
+        /// The underlying I/O error.
+        source: Arc<io::Error>,
+    },
+    /// The private copy could not be written.
+    #[error("cannot write the private copy {copy}: {source}")]
+    Copy {
+        /// Where the copy was to go.
+        copy: PathBuf,
+        /// The underlying I/O error.
+        source: Arc<io::Error>,
+    },
+    /// The file has no bytes.
+    #[error("the file is empty (0 bytes); was it read while the build was still writing it?")]
+    Empty,
+    /// The file is not ELF at all.
+    #[error("not an ELF file ({detail}); the path must name a built cdylib (lib<name>.so)")]
+    NotElf {
+        /// What the first bytes were.
+        detail: String,
+    },
+    /// An ELF file for another machine or word size.
+    #[error("an ELF file for {found}, but this host is {expected}; build the library for the host's target")]
+    WrongArchitecture {
+        /// The file's machine.
+        found: String,
+        /// The host's machine.
+        expected: String,
+    },
+    /// An ELF file that is not a shared object.
+    #[error("an ELF {found}, not a shared object; build the library with crate-type = [\"cdylib\"]")]
+    NotSharedObject {
+        /// The file's ELF type.
+        found: String,
+    },
+    /// A segment or table lies past the end of the file.
+    #[error("truncated: {detail}; it was probably copied while the build was still writing it: wait for the build, then reload")]
+    Truncated {
+        /// Which part lies outside the file.
+        detail: String,
+    },
+    /// A structurally broken ELF file.
+    #[error("malformed ELF file: {detail}")]
+    Malformed {
+        /// What the parser rejected.
+        detail: String,
+    },
+    /// No Verdant descriptor is exported.
+    #[error("not a Verdant library: it exports no `{symbol}` symbol; add `verdant::export!(YourType);` to the library crate")]
+    NotVerdant {
+        /// The symbol that was looked for.
+        symbol: &'static str,
+    },
+    /// More than one descriptor, or one for another descriptor ABI.
+    #[error("exports Verdant descriptor(s) {found:?}, but this host reads exactly one `{expected}`; rebuild the library against the host's verdant version")]
+    DescriptorMismatch {
+        /// The descriptor symbols found.
+        found: Vec<String>,
+        /// The symbol this host reads.
+        expected: &'static str,
+    },
+    /// `dlopen` or `dlsym` failed.
+    #[error("dlopen failed: {message}; if the private directory is on a noexec filesystem, choose another with Builder::private_dir")]
+    Open {
+        /// The dynamic loader's message.
+        message: String,
+    },
+    /// The descriptor's header is wrong.
+    #[error("the descriptor symbol does not hold a Verdant descriptor ({detail}); do not define `{symbol}` by hand, use verdant::export!")]
+    BadDescriptor {
+        /// The symbol.
+        symbol: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Built by another compiler.
+    #[error("built by {library}, host is {host}; rebuild the library with the host's toolchain")]
+    RustcMismatch {
+        /// The library's `rustc -V`.
+        library: String,
+        /// The host's `rustc -V`.
+        host: String,
+    },
+    /// Built against another verdant.
+    #[error("built with verdant {library}, host uses verdant {host}; rebuild the library against the host's verdant")]
+    VerdantMismatch {
+        /// The library's verdant version.
+        library: String,
+        /// The host's verdant version.
+        host: String,
+    },
+    /// A crossing type differs between host and library.
+    #[error("the {role} type differs: host has `{host_type}`, library has `{library_type}` with another TypeId (a different crate version or feature set); rebuild the library in the same cargo invocation as the host, e.g. `cargo build -p <host> -p <library>`")]
+    TypeMismatch {
+        /// What the type is for.
+        role: String,
+        /// The host's type name.
+        host_type: String,
+        /// The library's type name.
+        library_type: String,
+    },
+    /// The attach hook returned an error.
+    #[error("the attach hook returned an error: {message}")]
+    AttachFailed {
+        /// The hook's message.
+        message: String,
+    },
+    /// The attach hook panicked (caught in the library).
+    #[error("the attach hook panicked: {message}")]
+    AttachPanicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The attach hook did not return in time.
+    #[error("the attach hook did not return within {limit:?}; its thread `{thread}` was abandoned (see status().stuck_attaches); raise Builder::attach_timeout if attach is legitimately slow")]
+    AttachTimedOut {
+        /// The configured limit.
+        limit: Duration,
+        /// The abandoned thread's name.
+        thread: String,
+    },
+    /// The attach thread could not be started.
+    #[error("cannot start the attach thread: {source}")]
+    Thread {
+        /// The underlying I/O error.
+        source: Arc<io::Error>,
+    },
+    /// The registry was revoked while the reload ran.
+    #[error("the registry was revoked while this reload ran")]
+    Revoked,
+}
+
+/// One loadable's failure: which loadable, at which step, with which file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("loadable `{loadable}` failed at step `{step}` ({path}): {kind}", path = .path.display())]
+pub struct StepError {
+    /// The loadable's name.
+    pub loadable: String,
+    /// The step that failed.
+    pub step: Step,
+    /// The artifact path registered for the loadable.
+    pub path: PathBuf,
+    /// What went wrong.
+    #[source]
+    pub kind: LoadError,
+}
+
+/// A reload or attach that swapped nothing because one loadable failed.
+#[derive(Debug, Clone)]
+pub struct ReloadFailure {
+    /// The first failure.
+    pub error: StepError,
+    /// The full report, with every loadable's outcome and step times.
+    pub report: ReloadReport,
+}
+
+/// Errors of the registry API.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `add` with a name that is already registered.
+    #[error("a loadable named `{name}` is already registered; names must be unique")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// No loadable has this name.
+    #[error("no loadable named `{name}` (registered: {})", list(.registered))]
+    UnknownLoadable {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        registered: Vec<String>,
+    },
+    /// `handle::<I>` with an interface other than the one given to `add`.
+    #[error("loadable `{name}` serves `{actual}`, not `{requested}`")]
+    WrongInterface {
+        /// The loadable.
+        name: String,
+        /// The interface asked for.
+        requested: &'static str,
+        /// The interface it was added with.
+        actual: &'static str,
+    },
+    /// A reload filter matched nothing (strict mode).
+    #[error("reload filter `{filter}` matches no loadable (registered: {})", list(.registered))]
+    NoMatch {
+        /// The filter.
+        filter: String,
+        /// The names that exist.
+        registered: Vec<String>,
+    },
+    /// A glob or regex filter that does not parse.
+    #[error("invalid reload filter `{filter}`: {reason}")]
+    InvalidFilter {
+        /// The filter text.
+        filter: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A reload or attach failed; nothing was swapped and every loadable
+    /// keeps its previous version.
+    #[error("{} #{} failed, nothing was swapped and the previous versions keep serving: {}", .0.report.trigger.verb(), .0.report.generation, .0.error)]
+    Reload(Box<ReloadFailure>),
+    /// The registry was revoked.
+    #[error("this Verdant registry was revoked; create a new one")]
+    Revoked,
+    /// The private directory for library copies could not be set up.
+    #[error("cannot set up the private directory {path}: {source}; choose another with Builder::private_dir", path = .path.display())]
+    PrivateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: Arc<io::Error>,
+    },
+    /// A background thread could not be started or is gone.
+    #[error("verdant's {what} thread is unavailable: {reason}")]
+    Worker {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The SIGPIPE listener could not be installed.
+    #[error("cannot listen for SIGPIPE: {source}")]
+    Signal {
+        /// The underlying I/O error.
+        source: Arc<io::Error>,
+    },
+}
+
+impl Error {
+    /// The reload failure, if this error is one.
+    ///
+    /// ```
+    /// # let error = verdant::Error::Revoked;
+    /// if let Some(failure) = error.as_reload_failure() {
+    ///     eprintln!("{} failed at {}", failure.error.loadable, failure.error.step);
+    /// }
+    /// ```
+    pub fn as_reload_failure(&self) -> Option<&ReloadFailure> {
+        match self {
+            Error::Reload(failure) => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+/// Why a handle could not pin a version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandleError {
+    /// The loadable has not been attached yet; call `Verdant::attach`.
+    #[error("loadable `{name}` is not attached yet; call Verdant::attach() first")]
+    NotAttached {
+        /// The loadable.
+        name: String,
+    },
+    /// The registry was revoked.
+    #[error("loadable `{name}` was revoked")]
+    Revoked {
+        /// The loadable.
+        name: String,
+    },
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}

@@ -1,0 +1,161 @@
+//! Proxy handles: how callers reach the serving version of a loadable.
+//!
+//! The hot path is [`Handle::get`]: one `ArcSwapOption::load`, which pins the
+//! serving version through arc-swap's per-thread debt slots. It takes no lock,
+//! writes no cache line shared with other cores, and never waits for a
+//! reload: a reload builds the new version completely before it stores it,
+//! and the store pays the outstanding debts of the old one, turning them into
+//! real reference counts. Measured alternatives on this machine (issue #2):
+//! `Arc<dyn Trait>` 1.8 ns, `ArcSwap::load` 12 ns, read lock + `Arc` clone
+//! 21 ns, hot-lib-reloader's RwLock + `dlsym` per call 50 ns; a plain `Arc`
+//! clone per call would bounce the reference count between cores.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwapOption, Guard};
+
+use crate::error::HandleError;
+use crate::interface::Interface;
+use crate::version::Version;
+
+/// The current version of one loadable, shared by the registry and handles.
+pub(crate) struct Slot<I: Interface + ?Sized> {
+    pub(crate) name: Arc<str>,
+    pub(crate) current: ArcSwapOption<Version<I>>,
+    pub(crate) revoked: AtomicBool,
+}
+
+impl<I: Interface + ?Sized> Slot<I> {
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        Slot { name, current: ArcSwapOption::empty(), revoked: AtomicBool::new(false) }
+    }
+}
+
+/// A cheap, cloneable handle to a loadable's interface.
+///
+/// Every [`get`](Handle::get) returns the version serving *now*; the
+/// returned [`Pinned`] keeps that version alive (and its detach hook from
+/// running) until it is dropped, even if a reload swaps in a new one
+/// meanwhile.
+///
+/// ```ignore
+/// let shop: Handle<dyn Shop> = verdant.handle("shop")?;
+/// let answer = shop.get()?.hello("you");
+/// ```
+pub struct Handle<I: Interface + ?Sized> {
+    slot: Arc<Slot<I>>,
+}
+
+impl<I: Interface + ?Sized> Handle<I> {
+    pub(crate) fn new(slot: Arc<Slot<I>>) -> Self {
+        Handle { slot }
+    }
+
+    /// Pins the serving version for one call or one request.
+    ///
+    /// Fails when the loadable is not attached yet or the registry was
+    /// revoked; never because a reload is running.
+    ///
+    /// ```ignore
+    /// let shop = handle.get()?;          // pinned: a reload can't retire it
+    /// let a = shop.hello("a");
+    /// let b = shop.hello("b");           // same version as `a`, guaranteed
+    /// ```
+    #[inline]
+    pub fn get(&self) -> Result<Pinned<I>, HandleError> {
+        let version = self.slot.current.load();
+        if version.is_some() {
+            Ok(Pinned { version })
+        } else {
+            Err(self.unavailable())
+        }
+    }
+
+    #[cold]
+    fn unavailable(&self) -> HandleError {
+        let name = self.slot.name.to_string();
+        if self.slot.revoked.load(Ordering::Acquire) {
+            HandleError::Revoked { name }
+        } else {
+            HandleError::NotAttached { name }
+        }
+    }
+
+    /// The loadable's registered name.
+    ///
+    /// ```ignore
+    /// assert_eq!(shop.name(), "shop");
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.slot.name
+    }
+}
+
+impl<I: Interface + ?Sized> Clone for Handle<I> {
+    fn clone(&self) -> Self {
+        Handle { slot: self.slot.clone() }
+    }
+}
+
+impl<I: Interface + ?Sized> fmt::Debug for Handle<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").field("name", &self.slot.name).field("interface", &std::any::type_name::<I>()).finish()
+    }
+}
+
+/// A pinned version of a loadable; dereferences to its interface.
+///
+/// Hold it for the duration of one call or request. It is `Send`, so it may
+/// be held across `.await`. A panic inside a method called through it is
+/// caught in the library and re-raised as a host panic carrying a
+/// [`LibraryPanic`](crate::boundary::LibraryPanic).
+pub struct Pinned<I: Interface + ?Sized> {
+    version: Guard<Option<Arc<Version<I>>>>,
+}
+
+impl<I: Interface + ?Sized> Pinned<I> {
+    fn version(&self) -> &Version<I> {
+        match &*self.version {
+            Some(version) => version,
+            // `Handle::get` builds a `Pinned` only from a `Some`.
+            None => unreachable!("a Pinned always holds a version"),
+        }
+    }
+
+    /// The generation of the transaction that loaded this version.
+    ///
+    /// ```ignore
+    /// let pinned = shop.get()?;
+    /// tracing::debug!(generation = pinned.generation(), "serving");
+    /// ```
+    pub fn generation(&self) -> u64 {
+        self.version().meta().info.generation
+    }
+
+    /// The library package version serving this call (from its descriptor).
+    ///
+    /// ```ignore
+    /// assert_eq!(shop.get()?.package_version(), "0.1.0");
+    /// ```
+    pub fn package_version(&self) -> &str {
+        &self.version().meta().info.package_version
+    }
+}
+
+impl<I: Interface + ?Sized> Deref for Pinned<I> {
+    type Target = I;
+
+    #[inline]
+    fn deref(&self) -> &I {
+        self.version().proxy()
+    }
+}
+
+impl<I: Interface + ?Sized> fmt::Debug for Pinned<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pinned").field("version", &self.version().meta().info).finish()
+    }
+}

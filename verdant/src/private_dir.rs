@@ -1,0 +1,87 @@
+//! The per-process directory that holds private copies of libraries.
+//!
+//! glibc hands back an already-loaded object for the same path or the same
+//! inode (BOUNDARY.md §5), so every version is loaded from its own copy with
+//! a unique name. The directory is created with mode 0700 so that no other
+//! user can swap a file in between the check and the `dlopen`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const PREFIX: &str = "verdant-";
+
+/// A private directory; removed on drop when verdant created it.
+#[derive(Debug)]
+pub(crate) struct PrivateDir {
+    path: PathBuf,
+    created: bool,
+}
+
+impl PrivateDir {
+    /// Uses `configured`, or creates `$TMPDIR/verdant-<pid>-<nanos>`.
+    pub(crate) fn create(configured: Option<&Path>) -> io::Result<PrivateDir> {
+        match configured {
+            Some(path) => {
+                fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+                Ok(PrivateDir { path: path.to_owned(), created: false })
+            }
+            None => {
+                let base = std::env::temp_dir();
+                remove_stale(&base);
+                let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                let path = base.join(format!("{PREFIX}{}-{nanos}", std::process::id()));
+                fs::DirBuilder::new().mode(0o700).create(&path)?;
+                Ok(PrivateDir { path, created: true })
+            }
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+}
+
+/// Writes `bytes` to a new file at `path`, never replacing an existing one:
+/// a fresh inode per version.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o500).open(path)?;
+    file.write_all(bytes)
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        // Unlinking copies that are still mapped is harmless: the mapping
+        // keeps the inode alive.
+        if self.created {
+            if let Err(error) = fs::remove_dir_all(&self.path) {
+                tracing::warn!(dir = %self.path.display(), %error, "cannot remove verdant's private directory");
+            }
+        }
+    }
+}
+
+/// Removes `verdant-<pid>-*` directories of processes that no longer exist
+/// (a process killed with SIGKILL cannot clean up after itself).
+fn remove_stale(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let ours = entry.metadata().map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok()
+            == Some(current_uid());
+        if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}

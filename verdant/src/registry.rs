@@ -1,0 +1,570 @@
+//! The registry: [`Verdant`] and its [`Builder`].
+
+use std::any::Any;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::attach::{AttachEnv, StuckAttaches};
+use crate::descriptor::Fingerprint;
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::filter::Select;
+use crate::handle::{Handle, Slot};
+use crate::interface::Interface;
+use crate::loader::{Stages, System};
+use crate::private_dir::PrivateDir;
+use crate::report::{ReloadReport, Trigger};
+use crate::sigpipe::{self, SigpipeCounters};
+use crate::status::{LoadableStatus, Mappings, RetiredStatus, Status};
+use crate::transaction::{self, Mode};
+use crate::trigger::{self, Coordinator, Request, Waiter};
+use crate::version::Retirement;
+
+/// The default attach time limit.
+pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Configures a [`Verdant`] registry. Every setting has a default.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// # struct ShopContext;
+/// let verdant = verdant::Verdant::builder(ShopContext)
+///     .strict(true)
+///     .attach_timeout(Duration::from_secs(5))
+///     .add::<dyn Shop>("shop", "target/debug/libshop_lib.so")
+///     .build()?;
+/// verdant.attach()?;
+/// # Ok::<(), verdant::Error>(())
+/// ```
+pub struct Builder {
+    context: Arc<dyn Any + Send + Sync>,
+    context_fingerprint: Fingerprint,
+    strict: bool,
+    private_dir: Option<PathBuf>,
+    attach_timeout: Duration,
+    unmap_retired: bool,
+    runtime: Option<tokio::runtime::Handle>,
+    entries: Vec<Entry>,
+    stages: Arc<dyn Stages>,
+}
+
+impl Builder {
+    /// Strict mode: a reload filter that matches nothing is an error
+    /// instead of a warning. Default: on in release builds, off in debug
+    /// builds (greenium's production default).
+    ///
+    /// ```
+    /// let builder = verdant::Verdant::builder(()).strict(true);
+    /// ```
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// Where private copies of libraries go. Default: a new
+    /// `$TMPDIR/verdant-<pid>-<nanos>` (mode 0700), removed when the registry
+    /// is dropped. The filesystem must allow executable mappings.
+    ///
+    /// ```
+    /// let builder = verdant::Verdant::builder(()).private_dir("/var/lib/my-service/verdant");
+    /// ```
+    pub fn private_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.private_dir = Some(dir.into());
+        self
+    }
+
+    /// How long an attach hook may run before the reload fails and its
+    /// thread is abandoned. Default: [`DEFAULT_ATTACH_TIMEOUT`] (30 s).
+    ///
+    /// ```
+    /// let builder = verdant::Verdant::builder(()).attach_timeout(std::time::Duration::from_secs(2));
+    /// ```
+    pub fn attach_timeout(mut self, limit: Duration) -> Self {
+        self.attach_timeout = limit;
+        self
+    }
+
+    /// `dlclose` a retired library after its detach hook ran. Default: off,
+    /// because glibc keeps any library whose code ran on a tokio worker
+    /// mapped anyway (BOUNDARY.md §4) and correctness must not depend on
+    /// unmapping; `status()` shows what really happened.
+    ///
+    /// ```
+    /// let builder = verdant::Verdant::builder(()).unmap_retired(true);
+    /// ```
+    pub fn unmap_retired(mut self, unmap: bool) -> Self {
+        self.unmap_retired = unmap;
+        self
+    }
+
+    /// The tokio runtime that attach hooks (and SIGPIPE-triggered reloads)
+    /// run in. Default: the runtime `build()`, `attach()` or `reload()` was
+    /// last called from.
+    ///
+    /// ```
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// let builder = verdant::Verdant::builder(()).runtime(runtime.handle().clone());
+    /// ```
+    pub fn runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Registers a loadable serving interface `I` from the `cdylib` at
+    /// `path`. Nothing is loaded until [`Verdant::attach`]. A duplicate name
+    /// makes `build()` fail.
+    ///
+    /// ```no_run
+    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// let builder = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "target/debug/libshop_lib.so");
+    /// ```
+    pub fn add<I: Interface + ?Sized>(mut self, name: &str, path: impl Into<PathBuf>) -> Self {
+        self.entries.push(Entry::new::<I>(name, path.into()));
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn stages(mut self, stages: Arc<dyn Stages>) -> Self {
+        self.stages = stages;
+        self
+    }
+
+    /// Creates the registry: its private directory and its reload and
+    /// retirement threads.
+    ///
+    /// ```
+    /// let verdant = verdant::Verdant::builder(()).build()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn build(self) -> Result<Verdant, Error> {
+        let mut names = BTreeSet::new();
+        for entry in &self.entries {
+            if !names.insert(entry.name.clone()) {
+                return Err(Error::DuplicateName { name: entry.name.to_string() });
+            }
+        }
+        let private_dir = PrivateDir::create(self.private_dir.as_deref()).map_err(|e| Error::PrivateDir {
+            path: self.private_dir.clone().unwrap_or_else(std::env::temp_dir),
+            source: Arc::new(e),
+        })?;
+        let retirement = Retirement::start().map_err(|e| Error::Worker { what: "retirement", reason: e.to_string() })?;
+        let coordinator = Arc::new(Coordinator::default());
+        let runtime = self.runtime.or_else(|| tokio::runtime::Handle::try_current().ok());
+        let inner = Arc::new(Inner {
+            context: self.context,
+            context_fingerprint: self.context_fingerprint,
+            strict: self.strict,
+            attach_timeout: self.attach_timeout,
+            unmap_retired: self.unmap_retired,
+            runtime: Mutex::new(runtime),
+            private_dir,
+            stages: self.stages,
+            entries: RwLock::new(self.entries.into_iter().map(Arc::new).collect()),
+            transaction: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
+            retirement,
+            stuck: Arc::new(StuckAttaches::default()),
+            coordinator: coordinator.clone(),
+            sigpipe: Arc::new(SigpipeCounters::default()),
+            sigpipe_listener: Mutex::new(None),
+        });
+        trigger::start_worker(coordinator, Arc::downgrade(&inner))
+            .map_err(|e| Error::Worker { what: "reload", reason: e.to_string() })?;
+        Ok(Verdant { inner })
+    }
+}
+
+/// The reload supervisor: a registry of loadables sharing one context.
+///
+/// Cheap to clone (all clones are the same registry). See the crate docs for
+/// the life cycle and [`Builder`] for settings.
+///
+/// ```no_run
+/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// # struct ShopContext;
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use verdant::Verdant;
+/// let verdant = Verdant::builder(ShopContext)
+///     .add::<dyn Shop>("shop", "target/debug/libshop_lib.so")
+///     .build()?;
+/// verdant.attach()?;
+/// let shop = verdant.handle::<dyn Shop>("shop")?;
+/// println!("{}", shop.get()?.hello("you"));
+/// verdant.reload_on_sigpipe()?;          // kill -PIPE <pid>
+/// verdant.reload(Some("shop")).await?;   // or from code
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Verdant {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) context: Arc<dyn Any + Send + Sync>,
+    pub(crate) context_fingerprint: Fingerprint,
+    strict: bool,
+    attach_timeout: Duration,
+    pub(crate) unmap_retired: bool,
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    pub(crate) private_dir: PrivateDir,
+    pub(crate) stages: Arc<dyn Stages>,
+    entries: RwLock<Vec<Arc<Entry>>>,
+    /// Held for the whole of every transaction; never by readers.
+    transaction: Mutex<()>,
+    pub(crate) generation: AtomicU64,
+    pub(crate) revoked: AtomicBool,
+    pub(crate) retirement: Retirement,
+    stuck: Arc<StuckAttaches>,
+    coordinator: Arc<Coordinator>,
+    sigpipe: Arc<SigpipeCounters>,
+    sigpipe_listener: Mutex<Option<sigpipe::Listener>>,
+}
+
+impl Verdant {
+    /// Starts configuring a registry whose loadables attach with `context`.
+    ///
+    /// ```
+    /// struct ShopContext { currency: &'static str }
+    /// let builder = verdant::Verdant::builder(ShopContext { currency: "EUR" });
+    /// ```
+    pub fn builder<C: Send + Sync + 'static>(context: C) -> Builder {
+        Builder {
+            context: Arc::new(context),
+            context_fingerprint: Fingerprint::of::<C>("context"),
+            strict: !cfg!(debug_assertions),
+            private_dir: None,
+            attach_timeout: DEFAULT_ATTACH_TIMEOUT,
+            unmap_retired: false,
+            runtime: None,
+            entries: Vec::new(),
+            stages: Arc::new(System),
+        }
+    }
+
+    /// Registers another loadable at run time; [`attach`](Self::attach)
+    /// loads it. A duplicate name is refused.
+    ///
+    /// ```no_run
+    /// # #[verdant::interface] pub trait Cart: Send + Sync { fn size(&self) -> usize; }
+    /// # let verdant = verdant::Verdant::builder(()).build()?;
+    /// verdant.add::<dyn Cart>("cart", "target/debug/libcart.so")?;
+    /// verdant.attach()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn add<I: Interface + ?Sized>(&self, name: &str, path: impl Into<PathBuf>) -> Result<(), Error> {
+        self.inner.check_not_revoked()?;
+        let mut entries = self.inner.entries.write();
+        if entries.iter().any(|e| &*e.name == name) {
+            return Err(Error::DuplicateName { name: name.to_owned() });
+        }
+        entries.push(Arc::new(Entry::new::<I>(name, path.into())));
+        Ok(())
+    }
+
+    /// A handle to loadable `name`, which must have been added with
+    /// interface `I`. Works before `attach` (its `get()` fails until then).
+    ///
+    /// ```no_run
+    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "x.so").build()?;
+    /// let shop = verdant.handle::<dyn Shop>("shop")?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn handle<I: Interface + ?Sized>(&self, name: &str) -> Result<Handle<I>, Error> {
+        let entry = self.inner.entry(name)?;
+        match entry.slot.clone().downcast::<Slot<I>>() {
+            Ok(slot) => Ok(Handle::new(slot)),
+            Err(_) => Err(Error::WrongInterface {
+                name: name.to_owned(),
+                requested: std::any::type_name::<I>(),
+                actual: entry.interface,
+            }),
+        }
+    }
+
+    /// Loads and attaches every loadable that is not attached yet, as one
+    /// all-or-nothing transaction. Repeated calls with nothing new added do
+    /// nothing and return an empty report.
+    ///
+    /// Blocking: it runs attach hooks (up to the attach time limit). Call it
+    /// before serving, or from `tokio::task::spawn_blocking`.
+    ///
+    /// ```no_run
+    /// # let verdant = verdant::Verdant::builder(()).build()?;
+    /// let report = verdant.attach()?;
+    /// println!("{report}");
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn attach(&self) -> Result<ReloadReport, Error> {
+        self.inner.remember_runtime();
+        let _transaction = self.inner.transaction.lock();
+        self.inner.check_not_revoked()?;
+        let targets: Vec<Arc<Entry>> =
+            self.inner.entries.read().iter().filter(|e| e.ops.current().is_none()).cloned().collect();
+        if targets.is_empty() {
+            return Ok(self.inner.empty_report(Trigger::Attach));
+        }
+        transaction::run(&self.inner, &targets, Mode::Attach, Trigger::Attach, 1)
+    }
+
+    /// Reloads the selected loadables: `None` for all, `Some("shop")`, a
+    /// glob like `"shop-*"`, or a [`Filter`](crate::Filter). Make-before-break
+    /// and all-or-nothing; a loadable whose file did not change is reported
+    /// `Unchanged`. Reloads are serialised; calls that arrive while one runs
+    /// are coalesced into one follow-up reload, whose result they all get.
+    ///
+    /// A filter that matches nothing fails in strict mode and returns an
+    /// empty report (with a warning) otherwise.
+    ///
+    /// ```no_run
+    /// # async fn f(verdant: verdant::Verdant) -> Result<(), verdant::Error> {
+    /// let report = verdant.reload(Some("shop")).await?;
+    /// println!("{report}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn reload(&self, select: impl Into<Select>) -> Result<ReloadReport, Error> {
+        self.inner.remember_runtime();
+        let names = match self.inner.select(&select.into())? {
+            Some(names) => names,
+            None => return Ok(self.inner.empty_report(Trigger::Call)),
+        };
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.inner.coordinator.submit(Request { names, trigger: Trigger::Call, waiter: Waiter::Async(sender) });
+        receiver.await.map_err(|_| Error::Worker { what: "reload", reason: "it stopped before answering".to_owned() })?
+    }
+
+    /// [`reload`](Self::reload), blocking the calling thread until done.
+    ///
+    /// ```no_run
+    /// # let verdant = verdant::Verdant::builder(()).build()?;
+    /// verdant.reload_blocking(None)?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn reload_blocking(&self, select: impl Into<Select>) -> Result<ReloadReport, Error> {
+        self.inner.remember_runtime();
+        let names = match self.inner.select(&select.into())? {
+            Some(names) => names,
+            None => return Ok(self.inner.empty_report(Trigger::Call)),
+        };
+        let (sender, receiver) = mpsc::sync_channel(1);
+        self.inner.coordinator.submit(Request { names, trigger: Trigger::Call, waiter: Waiter::Blocking(sender) });
+        receiver.recv().map_err(|_| Error::Worker { what: "reload", reason: "it stopped before answering".to_owned() })?
+    }
+
+    /// Reloads every loadable when another process sends SIGPIPE
+    /// (`kill -PIPE <pid>`); SIGPIPEs this process raises itself (broken
+    /// pipes) are counted and ignored. Idempotent; stops when the registry
+    /// is dropped or revoked.
+    ///
+    /// ```no_run
+    /// # let verdant = verdant::Verdant::builder(()).build()?;
+    /// verdant.reload_on_sigpipe()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn reload_on_sigpipe(&self) -> Result<(), Error> {
+        self.inner.check_not_revoked()?;
+        let mut listener = self.inner.sigpipe_listener.lock();
+        if listener.is_none() {
+            *listener = Some(
+                sigpipe::listen(Arc::downgrade(&self.inner), self.inner.sigpipe.clone())
+                    .map_err(|e| Error::Signal { source: Arc::new(e) })?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Detaches every loadable and makes the registry and all its handles
+    /// inactive: `get()` returns `Revoked`, reloads fail. Calls in flight
+    /// finish on their pinned versions, whose detach hooks run after them.
+    /// A reload waiting on an attach hook finishes first (at most the attach
+    /// time limit) and then swaps nothing.
+    ///
+    /// ```no_run
+    /// # let verdant = verdant::Verdant::builder(()).build()?;
+    /// verdant.revoke();
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn revoke(&self) {
+        self.inner.revoked.store(true, Ordering::Release);
+        self.inner.sigpipe_listener.lock().take();
+        let _transaction = self.inner.transaction.lock();
+        for entry in self.inner.entries.read().iter() {
+            if let Some(retired) = entry.ops.revoke() {
+                entry.retired.lock().push(retired);
+            }
+        }
+        tracing::info!("verdant registry revoked");
+    }
+
+    /// A snapshot of every loadable's serving and retired versions.
+    ///
+    /// ```no_run
+    /// # let verdant = verdant::Verdant::builder(()).build()?;
+    /// println!("{}", verdant.status());
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn status(&self) -> Status {
+        let mappings = Mappings::read();
+        let loadables = self
+            .inner
+            .entries
+            .read()
+            .iter()
+            .map(|entry| LoadableStatus {
+                name: entry.name.to_string(),
+                path: entry.path.clone(),
+                interface: entry.interface,
+                current: entry.ops.current().map(|meta| meta.info.clone()),
+                retired: entry
+                    .retired
+                    .lock()
+                    .iter()
+                    .map(|retired| RetiredStatus {
+                        version: retired.meta.info.clone(),
+                        retired_at: *retired.meta.retired_at.lock(),
+                        in_flight: retired.pins.strong_count(),
+                        detach: retired.meta.detach.lock().clone(),
+                        mapped: mappings.contains(&retired.meta.copy),
+                        copy: retired.meta.copy.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            generation: self.inner.generation.load(Ordering::Acquire),
+            revoked: self.inner.revoked.load(Ordering::Acquire),
+            strict: self.inner.strict,
+            private_dir: self.inner.private_dir.path().to_owned(),
+            loadables,
+            stuck_attaches: self.inner.stuck.snapshot(),
+            sigpipe: self.inner.sigpipe.stats(),
+        }
+    }
+
+    /// The registered loadable names, in registration order.
+    ///
+    /// ```
+    /// let verdant = verdant::Verdant::builder(()).build()?;
+    /// assert!(verdant.names().is_empty());
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+
+    /// The private directory holding library copies.
+    ///
+    /// ```
+    /// let verdant = verdant::Verdant::builder(()).build()?;
+    /// assert!(verdant.private_dir().is_dir());
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn private_dir(&self) -> &Path {
+        self.inner.private_dir.path()
+    }
+}
+
+impl std::fmt::Debug for Verdant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verdant").field("loadables", &self.names()).finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn names(&self) -> Vec<String> {
+        self.entries.read().iter().map(|e| e.name.to_string()).collect()
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {
+        self.entries
+            .read()
+            .iter()
+            .find(|e| &*e.name == name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownLoadable { name: name.to_owned(), registered: self.names() })
+    }
+
+    fn check_not_revoked(&self) -> Result<(), Error> {
+        if self.revoked.load(Ordering::Acquire) {
+            Err(Error::Revoked)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn remember_runtime(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            *self.runtime.lock() = Some(runtime);
+        }
+    }
+
+    pub(crate) fn attach_env(&self) -> AttachEnv {
+        AttachEnv {
+            context: self.context.clone(),
+            runtime: self.runtime.lock().clone(),
+            timeout: self.attach_timeout,
+            stuck: self.stuck.clone(),
+        }
+    }
+
+    fn empty_report(&self, trigger: Trigger) -> ReloadReport {
+        ReloadReport {
+            generation: self.generation.load(Ordering::Acquire),
+            trigger,
+            coalesced: 1,
+            loadables: Vec::new(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// The names `select` picks; `None` when it picks nothing outside strict
+    /// mode.
+    fn select(&self, select: &Select) -> Result<Option<Vec<Arc<str>>>, Error> {
+        self.check_not_revoked()?;
+        let filter = select.resolve()?;
+        let names: Vec<Arc<str>> = self
+            .entries
+            .read()
+            .iter()
+            .filter(|e| filter.as_ref().is_none_or(|f| f.matches(&e.name)))
+            .map(|e| e.name.clone())
+            .collect();
+        if names.is_empty() {
+            let shown = filter.map_or_else(|| "<all>".to_owned(), |f| f.to_string());
+            if self.strict {
+                return Err(Error::NoMatch { filter: shown, registered: self.names() });
+            }
+            tracing::warn!(filter = %shown, registered = ?self.names(), "reload filter matches no loadable; nothing to do");
+            return Ok(None);
+        }
+        Ok(Some(names))
+    }
+
+    /// Queues a reload of everything without waiting (signals).
+    pub(crate) fn trigger_all(&self, trigger: Trigger) {
+        let names = self.entries.read().iter().map(|e| e.name.clone()).collect();
+        self.coordinator.submit(Request { names, trigger, waiter: Waiter::Nobody });
+    }
+
+    /// Runs one reload transaction over `names` (the worker's job).
+    pub(crate) fn run_reload(&self, names: &BTreeSet<Arc<str>>, trigger: Trigger, coalesced: usize) -> Result<ReloadReport, Error> {
+        let _transaction = self.transaction.lock();
+        self.check_not_revoked()?;
+        let targets: Vec<Arc<Entry>> = self.entries.read().iter().filter(|e| names.contains(&e.name)).cloned().collect();
+        transaction::run(self, &targets, Mode::Reload, trigger, coalesced)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.coordinator.shutdown();
+        self.sigpipe_listener.get_mut().take();
+    }
+}

@@ -1,0 +1,138 @@
+//! What `Verdant::status()` reports: serving and retired versions, pins in
+//! flight, detach results, whether retired files are still mapped, stuck
+//! attach threads and SIGPIPE counters.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::attach::StuckAttach;
+use crate::report::VersionInfo;
+use crate::sigpipe::SigpipeStats;
+use crate::version::DetachState;
+
+/// A snapshot of a registry.
+///
+/// ```ignore
+/// let status = verdant.status();
+/// println!("{status}");
+/// for retired in &status.loadables[0].retired {
+///     println!("{} pins, mapped: {}", retired.in_flight, retired.mapped);
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The generation of the last transaction (0 before the first attach).
+    pub generation: u64,
+    /// Whether `revoke()` was called.
+    pub revoked: bool,
+    /// Whether strict mode is on.
+    pub strict: bool,
+    /// Where private copies of libraries live.
+    pub private_dir: PathBuf,
+    /// Every loadable, in registration order.
+    pub loadables: Vec<LoadableStatus>,
+    /// Attach hooks that exceeded the time limit and have not returned.
+    pub stuck_attaches: Vec<StuckAttach>,
+    /// SIGPIPE listener counters.
+    pub sigpipe: SigpipeStats,
+}
+
+/// One loadable in a [`Status`].
+#[derive(Debug, Clone)]
+pub struct LoadableStatus {
+    /// Its name.
+    pub name: String,
+    /// Its registered artifact path.
+    pub path: PathBuf,
+    /// The interface it serves.
+    pub interface: &'static str,
+    /// The version serving now.
+    pub current: Option<VersionInfo>,
+    /// Versions that stopped serving, oldest first.
+    pub retired: Vec<RetiredStatus>,
+}
+
+/// A version that stopped serving.
+#[derive(Debug, Clone)]
+pub struct RetiredStatus {
+    /// Which version.
+    pub version: VersionInfo,
+    /// When it stopped serving.
+    pub retired_at: Option<SystemTime>,
+    /// Calls or requests still pinned to it.
+    pub in_flight: usize,
+    /// Whether its detach hook ran.
+    pub detach: DetachState,
+    /// Whether its private copy is still mapped into the process (read from
+    /// `/proc/self/maps`). Usually true: glibc keeps a library mapped while
+    /// threads that ran its code hold its thread-local destructors
+    /// (BOUNDARY.md §4).
+    pub mapped: bool,
+    /// Its private copy (deleted once retired; the mapping outlives the name).
+    pub copy: PathBuf,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "verdant: generation {}, strict {}, revoked {}, private dir {}",
+            self.generation,
+            self.strict,
+            self.revoked,
+            self.private_dir.display()
+        )?;
+        for loadable in &self.loadables {
+            match &loadable.current {
+                Some(current) => writeln!(f, "  {} ({}): serving {current}", loadable.name, loadable.path.display())?,
+                None => writeln!(f, "  {} ({}): not attached", loadable.name, loadable.path.display())?,
+            }
+            for retired in &loadable.retired {
+                writeln!(
+                    f,
+                    "    retired {}: {} in flight, detach {:?}, {}",
+                    retired.version,
+                    retired.in_flight,
+                    retired.detach,
+                    if retired.mapped { "still mapped" } else { "unmapped" }
+                )?;
+            }
+        }
+        for stuck in &self.stuck_attaches {
+            writeln!(f, "  STUCK attach of {} on thread {}", stuck.loadable, stuck.thread)?;
+        }
+        writeln!(
+            f,
+            "  sigpipe: listening {}, {} reloads triggered, {} self-sent ignored",
+            self.sigpipe.listening, self.sigpipe.reloads_triggered, self.sigpipe.ignored_self_sent
+        )
+    }
+}
+
+/// The files mapped into this process, from `/proc/self/maps`.
+pub(crate) struct Mappings {
+    paths: HashSet<PathBuf>,
+}
+
+impl Mappings {
+    pub(crate) fn read() -> Mappings {
+        let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let paths = text
+            .lines()
+            .filter_map(|line| {
+                // address perms offset dev inode pathname; the path may hold
+                // spaces and ends in " (deleted)" once unlinked.
+                let path = line.splitn(6, char::is_whitespace).nth(5)?.trim_start();
+                let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+                path.starts_with('/').then(|| PathBuf::from(path))
+            })
+            .collect();
+        Mappings { paths }
+    }
+
+    pub(crate) fn contains(&self, path: &Path) -> bool {
+        self.paths.contains(path)
+    }
+}

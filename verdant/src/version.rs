@@ -1,0 +1,138 @@
+//! One attached version of a loadable, and its retirement.
+//!
+//! Invariants:
+//! - A `Version` is created only by a successful attach; its instance is
+//!   detached exactly once, by [`Retirement`], after the last `Arc<Version>`
+//!   (the slot's, a pin's, or an uncommitted transaction's) is dropped.
+//! - Drop order inside a version: host proxy, then the library's instance
+//!   (detach + drop, in the library, under its panic guard), then the
+//!   library itself. The proxy points into the instance and the instance's
+//!   code lives in the library.
+//! - The detach never runs on the thread that dropped the last pin (often a
+//!   request): it is handed to one background thread per registry.
+
+use std::mem::ManuallyDrop;
+use std::sync::{mpsc, Arc};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+use crate::descriptor::Instance;
+use crate::interface::Interface;
+use crate::loader::LoadedLibrary;
+use crate::report::VersionInfo;
+
+/// What is known about a version after it stopped serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachState {
+    /// Still pinned by calls in flight, or queued for detach.
+    Pending,
+    /// The detach hook ran and returned.
+    Detached,
+    /// The detach hook or the instance's drop panicked; the panic was
+    /// contained in the library.
+    Panicked(String),
+}
+
+/// Shared bookkeeping of a version, kept after the version itself is gone.
+#[derive(Debug)]
+pub(crate) struct VersionMeta {
+    pub info: VersionInfo,
+    pub copy: std::path::PathBuf,
+    pub retired_at: Mutex<Option<SystemTime>>,
+    pub detach: Mutex<DetachState>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The background thread that detaches versions (one per registry).
+#[derive(Clone)]
+pub(crate) struct Retirement {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Retirement {
+    /// Starts the thread; it ends when the registry and every version that
+    /// holds a sender are gone.
+    pub(crate) fn start() -> std::io::Result<Retirement> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new().name("verdant-retire".to_owned()).spawn(move || {
+            for job in queue {
+                job();
+            }
+        })?;
+        Ok(Retirement { jobs })
+    }
+
+    fn submit(&self, job: Job) {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            // The thread is gone (process teardown): detach inline.
+            job();
+        }
+    }
+}
+
+/// An attached version, as the slot and the pins hold it.
+pub(crate) struct Version<I: Interface + ?Sized> {
+    proxy: ManuallyDrop<Box<I>>,
+    instance: ManuallyDrop<Box<dyn Instance<I>>>,
+    library: ManuallyDrop<Arc<LoadedLibrary>>,
+    meta: Arc<VersionMeta>,
+    retirement: Retirement,
+}
+
+impl<I: Interface + ?Sized> Version<I> {
+    pub(crate) fn new(
+        instance: Box<dyn Instance<I>>,
+        library: Arc<LoadedLibrary>,
+        meta: Arc<VersionMeta>,
+        retirement: Retirement,
+    ) -> Self {
+        let boundary: *const I::Boundary = instance.boundary();
+        // SAFETY: the boundary object lives inside `instance`, which this
+        // version drops only after the proxy (see Drop).
+        let proxy = unsafe { I::proxy(boundary) };
+        Version {
+            proxy: ManuallyDrop::new(proxy),
+            instance: ManuallyDrop::new(instance),
+            library: ManuallyDrop::new(library),
+            meta,
+            retirement,
+        }
+    }
+
+    pub(crate) fn proxy(&self) -> &I {
+        &self.proxy
+    }
+
+    pub(crate) fn meta(&self) -> &Arc<VersionMeta> {
+        &self.meta
+    }
+}
+
+impl<I: Interface + ?Sized> Drop for Version<I> {
+    fn drop(&mut self) {
+        // SAFETY: each field is taken exactly once, here, and never used
+        // again; the proxy goes first because it points into the instance.
+        let (instance, library) = unsafe {
+            ManuallyDrop::drop(&mut self.proxy);
+            (ManuallyDrop::take(&mut self.instance), ManuallyDrop::take(&mut self.library))
+        };
+        let meta = self.meta.clone();
+        self.retirement.submit(Box::new(move || {
+            let _span = tracing::info_span!("detach", package = %meta.info.package, generation = meta.info.generation).entered();
+            let state = match instance.retire() {
+                Ok(()) => {
+                    tracing::info!("detached");
+                    DetachState::Detached
+                }
+                Err(panic) => {
+                    tracing::error!(panic = panic.message(), "detach hook panicked; contained");
+                    DetachState::Panicked(panic.message().to_owned())
+                }
+            };
+            *meta.detach.lock() = state;
+            drop(library);
+        }));
+    }
+}
