@@ -100,6 +100,13 @@ impl<I: Interface + ?Sized> Clone for Handle<I> {
     }
 }
 
+// A panic cannot leave a handle inconsistent: its only shared state is the
+// slot, which changes by single atomic stores of complete versions.
+impl<I: Interface + ?Sized> std::panic::UnwindSafe for Handle<I> {}
+impl<I: Interface + ?Sized> std::panic::RefUnwindSafe for Handle<I> {}
+impl<I: Interface + ?Sized> std::panic::UnwindSafe for Pinned<I> {}
+impl<I: Interface + ?Sized> std::panic::RefUnwindSafe for Pinned<I> {}
+
 impl<I: Interface + ?Sized> fmt::Debug for Handle<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle").field("name", &self.slot.name).field("interface", &std::any::type_name::<I>()).finish()

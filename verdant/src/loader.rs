@@ -149,11 +149,16 @@ impl LoadedLibrary {
             match found.iter().find(|f| f.role == host.role) {
                 Some(library) if library.id == host.id => {}
                 Some(library) => {
+                    let library_type = if library.type_name == host.type_name {
+                        format!("{} (same name, another build of its crate or of a crate it depends on)", library.type_name)
+                    } else {
+                        library.type_name.to_owned()
+                    };
                     return Err(LoadError::TypeMismatch {
                         role: host.role.to_owned(),
                         host_type: host.type_name.to_owned(),
-                        library_type: library.type_name.to_owned(),
-                    })
+                        library_type,
+                    });
                 }
                 None => {
                     return Err(LoadError::TypeMismatch {
