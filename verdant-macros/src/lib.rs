@@ -8,19 +8,14 @@ use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
-use syn::{
-    parse_macro_input, FnArg, GenericParam, ItemTrait, ReturnType, TraitItem, TraitItemFn,
-    TypeParamBound,
-};
+use syn::{parse_macro_input, FnArg, GenericParam, ItemTrait, ReturnType, TraitItem, TraitItemFn, TypeParamBound};
 
 /// See `verdant::interface`.
 #[proc_macro_attribute]
 pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
         let attr = TokenStream2::from(attr);
-        return syn::Error::new(attr.span(), "#[verdant::interface] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(attr.span(), "#[verdant::interface] takes no arguments").to_compile_error().into();
     }
     let item = parse_macro_input!(item as ItemTrait);
     match expand(&item) {

@@ -70,15 +70,16 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     match header.e_type(endian) {
         elf::ET_DYN => {}
         elf::ET_EXEC => return Err(LoadError::NotSharedObject { found: "executable".to_owned() }),
-        elf::ET_REL => return Err(LoadError::NotSharedObject { found: "relocatable object (.o/.rlib member)".to_owned() }),
+        elf::ET_REL => {
+            return Err(LoadError::NotSharedObject { found: "relocatable object (.o/.rlib member)".to_owned() })
+        }
         elf::ET_CORE => return Err(LoadError::NotSharedObject { found: "core dump".to_owned() }),
         other => return Err(LoadError::NotSharedObject { found: format!("file of type {other}") }),
     }
 
     let len = bytes.len() as u64;
-    let segments = header
-        .program_headers(endian, bytes)
-        .map_err(|e| truncated_or_malformed(bytes, "program header table", e))?;
+    let segments =
+        header.program_headers(endian, bytes).map_err(|e| truncated_or_malformed(bytes, "program header table", e))?;
     if segments.is_empty() {
         return Err(LoadError::Malformed { detail: "no program headers".to_owned() });
     }
@@ -98,9 +99,8 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
         }
     }
 
-    let sections = header
-        .sections(endian, bytes)
-        .map_err(|e| truncated_or_malformed(bytes, "section header table", e))?;
+    let sections =
+        header.sections(endian, bytes).map_err(|e| truncated_or_malformed(bytes, "section header table", e))?;
     let symbols = sections
         .symbols(endian, bytes, elf::SHT_DYNSYM)
         .map_err(|e| truncated_or_malformed(bytes, "dynamic symbol table", e))?;
@@ -136,7 +136,9 @@ fn truncated_or_malformed(bytes: &[u8], what: &str, error: object::read::Error) 
         }
     }
     if truncated {
-        LoadError::Truncated { detail: format!("the {what} lies past the end of the file ({} bytes): {error}", bytes.len()) }
+        LoadError::Truncated {
+            detail: format!("the {what} lies past the end of the file ({} bytes): {error}", bytes.len()),
+        }
     } else {
         LoadError::Malformed { detail: format!("{what}: {error}") }
     }

@@ -186,30 +186,26 @@ macro_rules! export {
     ($loadable:ty) => {
         #[allow(non_upper_case_globals)]
         #[unsafe(no_mangle)]
-        pub static __verdant_descriptor_v1: $crate::descriptor::Descriptor =
-            $crate::descriptor::Descriptor {
-                magic: $crate::descriptor::MAGIC,
-                abi_version: $crate::descriptor::ABI_VERSION,
-                rustc_version: $crate::descriptor::RawStr::new($crate::descriptor::RUSTC_VERSION),
-                verdant_version: $crate::descriptor::RawStr::new(
-                    $crate::descriptor::VERDANT_VERSION,
-                ),
-                package_name: $crate::descriptor::RawStr::new(env!("CARGO_PKG_NAME")),
-                package_version: $crate::descriptor::RawStr::new(env!("CARGO_PKG_VERSION")),
-                fingerprints: $crate::export::write_fingerprints::<$loadable>,
-                attach: {
-                    fn upcast(
-                        value: &$loadable,
-                    ) -> &<<$loadable as $crate::Loadable>::Interface as $crate::Interface>::Boundary
-                    {
-                        value
-                    }
-                    unsafe fn attach(args: &$crate::descriptor::AttachArgs, out: *mut ()) {
-                        // SAFETY: forwarded contract of `Descriptor::attach`.
-                        unsafe { $crate::export::attach_entry::<$loadable>(args, out, upcast) }
-                    }
-                    attach
-                },
-            };
+        pub static __verdant_descriptor_v1: $crate::descriptor::Descriptor = $crate::descriptor::Descriptor {
+            magic: $crate::descriptor::MAGIC,
+            abi_version: $crate::descriptor::ABI_VERSION,
+            rustc_version: $crate::descriptor::RawStr::new($crate::descriptor::RUSTC_VERSION),
+            verdant_version: $crate::descriptor::RawStr::new($crate::descriptor::VERDANT_VERSION),
+            package_name: $crate::descriptor::RawStr::new(env!("CARGO_PKG_NAME")),
+            package_version: $crate::descriptor::RawStr::new(env!("CARGO_PKG_VERSION")),
+            fingerprints: $crate::export::write_fingerprints::<$loadable>,
+            attach: {
+                fn upcast(
+                    value: &$loadable,
+                ) -> &<<$loadable as $crate::Loadable>::Interface as $crate::Interface>::Boundary {
+                    value
+                }
+                unsafe fn attach(args: &$crate::descriptor::AttachArgs, out: *mut ()) {
+                    // SAFETY: forwarded contract of `Descriptor::attach`.
+                    unsafe { $crate::export::attach_entry::<$loadable>(args, out, upcast) }
+                }
+                attach
+            },
+        };
     };
 }

@@ -53,6 +53,10 @@
 
 #![warn(missing_docs)]
 
+// Lets `#[verdant::interface]`, whose expansion names `::verdant`, be used in
+// this crate's own unit tests.
+extern crate self as verdant;
+
 mod attach;
 pub mod boundary;
 pub mod descriptor;
@@ -72,6 +76,9 @@ mod status;
 mod transaction;
 mod trigger;
 mod version;
+
+#[cfg(test)]
+mod pipeline_tests;
 
 pub use attach::StuckAttach;
 pub use error::{Error, HandleError, LoadError, ReloadFailure, Step, StepError};

@@ -40,7 +40,8 @@ impl Stages for System {
 
     fn copy(&self, dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PathBuf, LoadError> {
         let copy = dir.join(file_name);
-        crate::private_dir::write_file(&copy, bytes).map_err(|e| LoadError::Copy { copy: copy.clone(), source: Arc::new(e) })?;
+        crate::private_dir::write_file(&copy, bytes)
+            .map_err(|e| LoadError::Copy { copy: copy.clone(), source: Arc::new(e) })?;
         Ok(copy)
     }
 
@@ -116,7 +117,11 @@ impl LoadedLibrary {
             return Err(bad("wrong magic number".to_owned()));
         }
         if header.abi_version != descriptor::ABI_VERSION {
-            return Err(bad(format!("descriptor ABI {} under the v{} symbol name", header.abi_version, descriptor::ABI_VERSION)));
+            return Err(bad(format!(
+                "descriptor ABI {} under the v{} symbol name",
+                header.abi_version,
+                descriptor::ABI_VERSION
+            )));
         }
         // SAFETY: RawStr fields of a descriptor made by `export!` in a mapped
         // library.
@@ -150,7 +155,10 @@ impl LoadedLibrary {
                 Some(library) if library.id == host.id => {}
                 Some(library) => {
                     let library_type = if library.type_name == host.type_name {
-                        format!("{} (same name, another build of its crate or of a crate it depends on)", library.type_name)
+                        format!(
+                            "{} (same name, another build of its crate or of a crate it depends on)",
+                            library.type_name
+                        )
                     } else {
                         library.type_name.to_owned()
                     };
@@ -210,6 +218,7 @@ impl Drop for LoadedLibrary {
 /// The file name of a private copy: readable in `/proc/self/maps` and in
 /// `status()`, unique per version.
 pub(crate) fn copy_name(loadable: &str, generation: u64, hash: &ContentHash) -> String {
-    let safe: String = loadable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String =
+        loadable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     format!("{safe}-g{generation}-{hash}.so")
 }

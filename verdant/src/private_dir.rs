@@ -43,7 +43,6 @@ impl PrivateDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
-
 }
 
 /// Writes `bytes` to a new file at `path`, never replacing an existing one:
@@ -73,8 +72,7 @@ fn remove_stale(base: &Path) {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let ours = entry.metadata().map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok()
-            == Some(current_uid());
+        let ours = entry.metadata().map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok() == Some(current_uid());
         if ours && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_dir_all(entry.path());
         }

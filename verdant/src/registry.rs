@@ -153,7 +153,8 @@ impl Builder {
             path: self.private_dir.clone().unwrap_or_else(std::env::temp_dir),
             source: Arc::new(e),
         })?;
-        let retirement = Retirement::start().map_err(|e| Error::Worker { what: "retirement", reason: e.to_string() })?;
+        let retirement =
+            Retirement::start().map_err(|e| Error::Worker { what: "retirement", reason: e.to_string() })?;
         let coordinator = Arc::new(Coordinator::default());
         let runtime = self.runtime.or_else(|| tokio::runtime::Handle::try_current().ok());
         let inner = Arc::new(Inner {
@@ -337,7 +338,9 @@ impl Verdant {
         };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         self.inner.coordinator.submit(Request { names, trigger: Trigger::Call, waiter: Waiter::Async(sender) });
-        receiver.await.map_err(|_| Error::Worker { what: "reload", reason: "it stopped before answering".to_owned() })?
+        receiver
+            .await
+            .map_err(|_| Error::Worker { what: "reload", reason: "it stopped before answering".to_owned() })?
     }
 
     /// [`reload`](Self::reload), blocking the calling thread until done.
@@ -355,7 +358,9 @@ impl Verdant {
         };
         let (sender, receiver) = mpsc::sync_channel(1);
         self.inner.coordinator.submit(Request { names, trigger: Trigger::Call, waiter: Waiter::Blocking(sender) });
-        receiver.recv().map_err(|_| Error::Worker { what: "reload", reason: "it stopped before answering".to_owned() })?
+        receiver
+            .recv()
+            .map_err(|_| Error::Worker { what: "reload", reason: "it stopped before answering".to_owned() })?
     }
 
     /// Reloads every loadable when another process sends SIGPIPE
@@ -554,10 +559,16 @@ impl Inner {
     }
 
     /// Runs one reload transaction over `names` (the worker's job).
-    pub(crate) fn run_reload(&self, names: &BTreeSet<Arc<str>>, trigger: Trigger, coalesced: usize) -> Result<ReloadReport, Error> {
+    pub(crate) fn run_reload(
+        &self,
+        names: &BTreeSet<Arc<str>>,
+        trigger: Trigger,
+        coalesced: usize,
+    ) -> Result<ReloadReport, Error> {
         let _transaction = self.transaction.lock();
         self.check_not_revoked()?;
-        let targets: Vec<Arc<Entry>> = self.entries.read().iter().filter(|e| names.contains(&e.name)).cloned().collect();
+        let targets: Vec<Arc<Entry>> =
+            self.entries.read().iter().filter(|e| names.contains(&e.name)).cloned().collect();
         transaction::run(self, &targets, Mode::Reload, trigger, coalesced)
     }
 }

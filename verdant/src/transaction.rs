@@ -128,7 +128,13 @@ fn timed<T>(
 }
 
 /// Loads one entry up to (not including) the swap.
-fn load(inner: &Inner, entry: &Entry, mode: Mode, generation: u64, steps: &mut Vec<StepTime>) -> Result<Loaded, StepError> {
+fn load(
+    inner: &Inner,
+    entry: &Entry,
+    mode: Mode,
+    generation: u64,
+    steps: &mut Vec<StepTime>,
+) -> Result<Loaded, StepError> {
     let _span = tracing::info_span!("load", loadable = %entry.name, path = %entry.path.display()).entered();
     let current = entry.ops.current();
     let (bytes, hash) = timed(entry, steps, Step::Read, || {
@@ -168,8 +174,7 @@ fn load(inner: &Inner, entry: &Entry, mode: Mode, generation: u64, steps: &mut V
         detach: Mutex::new(DetachState::Pending),
     });
     let env = inner.attach_env();
-    let prepared = timed(entry, steps, Step::Attach, || {
-        entry.ops.attach(Arc::new(library), meta, &env, &inner.retirement)
-    })?;
+    let prepared =
+        timed(entry, steps, Step::Attach, || entry.ops.attach(Arc::new(library), meta, &env, &inner.retirement))?;
     Ok(Loaded::Prepared(prepared))
 }

@@ -120,7 +120,8 @@ impl<I: Interface + ?Sized> Drop for Version<I> {
         };
         let meta = self.meta.clone();
         self.retirement.submit(Box::new(move || {
-            let _span = tracing::info_span!("detach", package = %meta.info.package, generation = meta.info.generation).entered();
+            let _span = tracing::info_span!("detach", package = %meta.info.package, generation = meta.info.generation)
+                .entered();
             let state = match instance.retire() {
                 Ok(()) => {
                     tracing::info!("detached");

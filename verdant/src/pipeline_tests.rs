@@ -1,0 +1,115 @@
+//! Unit tests of the transaction's failure handling: mockall makes exactly
+//! one pipeline step fail, the other steps are the real ones. Loading real
+//! libraries end to end is covered by the `verdant-tests` package.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::loader::{MockStages, Stages, System};
+use crate::{Error, HandleError, LoadError, Step, Verdant};
+
+#[crate::interface]
+#[allow(dead_code)] // only its type matters: nothing is ever attached
+trait Nothing: Send + Sync {
+    fn nothing(&self) -> u32;
+}
+
+/// Real stages except `fail`, which returns `error`.
+fn stages_failing_at(fail: Step, error: LoadError) -> MockStages {
+    let mut mock = MockStages::new();
+    let error = Arc::new(error);
+    let at = move |step: Step| -> Option<LoadError> { (step == fail).then(|| (*error).clone()) };
+    let read_at = at.clone();
+    mock.expect_read().returning(move |path| read_at(Step::Read).map_or_else(|| System.read(path), Err));
+    let validate_at = at.clone();
+    mock.expect_validate()
+        .returning(move |bytes| validate_at(Step::Validate).map_or_else(|| System.validate(bytes), Err));
+    let copy_at = at.clone();
+    mock.expect_copy()
+        .returning(move |dir, name, bytes| copy_at(Step::Copy).map_or_else(|| System.copy(dir, name, bytes), Err));
+    mock.expect_open().returning(move |copy| at(Step::Open).map_or_else(|| System.open(copy), Err));
+    mock
+}
+
+/// A real Verdant library, so that every step before the injected failure
+/// passes for real.
+fn some_library() -> PathBuf {
+    // The unit-test binary lives in target/<profile>/deps; fixture libraries
+    // are built beside it by `cargo build --workspace`.
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join("libfixture_good_v1.so");
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace` first (scripts/test does)", path.display());
+    path
+}
+
+fn registry(stages: MockStages) -> Verdant {
+    Verdant::builder(())
+        .stages(Arc::new(stages))
+        .add::<dyn Nothing>("nothing", some_library())
+        .build()
+        .expect("registry")
+}
+
+fn failure(result: Result<crate::ReloadReport, Error>) -> crate::ReloadFailure {
+    match result {
+        Err(Error::Reload(failure)) => *failure,
+        other => panic!("expected a reload failure, got {other:?}"),
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).expect("private dir").map(|e| e.expect("entry").path()).collect()
+}
+
+#[test]
+fn a_failed_read_names_the_step_and_loads_nothing() {
+    let denied = LoadError::Read { source: Arc::new(io::Error::from(io::ErrorKind::PermissionDenied)) };
+    let verdant = registry(stages_failing_at(Step::Read, denied));
+    let failure = failure(verdant.attach());
+    assert_eq!(failure.error.step, Step::Read);
+    assert_eq!(failure.error.loadable, "nothing");
+    assert!(matches!(failure.error.kind, LoadError::Read { .. }));
+    assert_eq!(failure.report.loadables[0].steps.len(), 1);
+    assert!(files_in(verdant.private_dir()).is_empty());
+    let handle = verdant.handle::<dyn Nothing>("nothing").expect("handle");
+    assert!(matches!(handle.get(), Err(HandleError::NotAttached { .. })));
+}
+
+#[test]
+fn a_full_disk_at_copy_leaves_no_partial_copy() {
+    let full = LoadError::Copy {
+        copy: PathBuf::from("/private/nothing.so"),
+        source: Arc::new(io::Error::from(io::ErrorKind::StorageFull)),
+    };
+    let verdant = registry(stages_failing_at(Step::Copy, full));
+    let failure = failure(verdant.attach());
+    assert_eq!(failure.error.step, Step::Copy);
+    let steps: Vec<Step> = failure.report.loadables[0].steps.iter().map(|s| s.step).collect();
+    assert_eq!(steps, [Step::Read, Step::Validate, Step::Copy]);
+    assert!(files_in(verdant.private_dir()).is_empty());
+    let message = Error::Reload(Box::new(failure)).to_string();
+    assert!(message.contains("`nothing`") && message.contains("step `copy`"), "{message}");
+}
+
+#[test]
+fn a_failed_dlopen_deletes_the_copy_it_could_not_open() {
+    let refused = LoadError::Open { message: "simulated: cannot map segment".to_owned() };
+    let verdant = registry(stages_failing_at(Step::Open, refused));
+    let failure = failure(verdant.attach());
+    assert_eq!(failure.error.step, Step::Open);
+    assert!(files_in(verdant.private_dir()).is_empty(), "the unopened copy must be removed");
+    assert_eq!(verdant.status().generation, 1, "the failed attach still had a generation");
+}
+
+#[test]
+fn the_real_pipeline_refuses_a_library_built_for_another_host_crate() {
+    // This unit-test binary is a different build of verdant than the one
+    // the fixture links (it has cfg(test)), so the type check must refuse
+    // it: the very check that protects users from mismatched builds.
+    let verdant = registry(stages_failing_at(Step::Swap, LoadError::Revoked));
+    let failure = failure(verdant.attach());
+    assert_eq!(failure.error.step, Step::Check, "{}", failure.error);
+    assert!(matches!(failure.error.kind, LoadError::TypeMismatch { .. }));
+}
