@@ -16,7 +16,12 @@ use crate::interface::Interface;
 /// A stateless unit of logic that a [`Verdant`](crate::Verdant) registry can
 /// load, attach, replace and detach.
 ///
-/// ```ignore
+/// ```
+/// # mod shop_api {
+/// #     #[verdant::interface]
+/// #     pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// #     pub struct ShopContext { pub greeting: String }
+/// # }
 /// use verdant::{AttachError, Loadable};
 ///
 /// pub struct ShopV1 { greeting: String }
@@ -28,6 +33,7 @@ use crate::interface::Interface;
 /// impl Loadable for ShopV1 {
 ///     type Context = shop_api::ShopContext;
 ///     type Interface = dyn shop_api::Shop;
+///     // Clone what the instance needs; never keep a reference to the context.
 ///     fn attach(ctx: &shop_api::ShopContext) -> Result<Self, AttachError> {
 ///         Ok(ShopV1 { greeting: ctx.greeting.clone() })
 ///     }
@@ -178,7 +184,15 @@ fn install_host_dispatch(dispatch: &tracing::Dispatch) {
 /// Generates the descriptor symbol the loader looks for and the attach entry
 /// point. Use it exactly once per library.
 ///
-/// ```ignore
+/// ```
+/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// pub struct ShopV1;
+/// impl Shop for ShopV1 { fn hello(&self, who: &str) -> String { format!("hi {who}") } }
+/// impl verdant::Loadable for ShopV1 {
+///     type Context = ();
+///     type Interface = dyn Shop;
+///     fn attach(_: &()) -> Result<Self, verdant::AttachError> { Ok(ShopV1) }
+/// }
 /// verdant::export!(ShopV1);
 /// ```
 #[macro_export]

@@ -41,9 +41,13 @@ impl<I: Interface + ?Sized> Slot<I> {
 /// running) until it is dropped, even if a reload swaps in a new one
 /// meanwhile.
 ///
-/// ```ignore
-/// let shop: Handle<dyn Shop> = verdant.handle("shop")?;
+/// ```no_run
+/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
+/// let shop: verdant::Handle<dyn Shop> = verdant.handle("shop")?;
 /// let answer = shop.get()?.hello("you");
+/// # Ok(()) }
 /// ```
 pub struct Handle<I: Interface + ?Sized> {
     slot: Arc<Slot<I>>,
@@ -59,10 +63,15 @@ impl<I: Interface + ?Sized> Handle<I> {
     /// Fails when the loadable is not attached yet or the registry was
     /// revoked; never because a reload is running.
     ///
-    /// ```ignore
-    /// let shop = handle.get()?;          // pinned: a reload can't retire it
-    /// let a = shop.hello("a");
-    /// let b = shop.hello("b");           // same version as `a`, guaranteed
+    /// ```no_run
+    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
+    /// # let shop = verdant.handle::<dyn Shop>("shop")?;
+    /// let pinned = shop.get()?;         // a reload can't retire this version now
+    /// let a = pinned.hello("a");
+    /// let b = pinned.hello("b");         // same version as `a`, guaranteed
+    /// # Ok(()) }
     /// ```
     #[inline]
     pub fn get(&self) -> Result<Pinned<I>, HandleError> {
@@ -86,8 +95,13 @@ impl<I: Interface + ?Sized> Handle<I> {
 
     /// The loadable's registered name.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
+    /// # let shop = verdant.handle::<dyn Shop>("shop")?;
     /// assert_eq!(shop.name(), "shop");
+    /// # Ok(()) }
     /// ```
     pub fn name(&self) -> &str {
         &self.slot.name
@@ -134,9 +148,14 @@ impl<I: Interface + ?Sized> Pinned<I> {
 
     /// The generation of the transaction that loaded this version.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
+    /// # let shop = verdant.handle::<dyn Shop>("shop")?;
     /// let pinned = shop.get()?;
     /// tracing::debug!(generation = pinned.generation(), "serving");
+    /// # Ok(()) }
     /// ```
     pub fn generation(&self) -> u64 {
         self.version().meta().info.generation
@@ -144,8 +163,13 @@ impl<I: Interface + ?Sized> Pinned<I> {
 
     /// The library package version serving this call (from its descriptor).
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
+    /// # let shop = verdant.handle::<dyn Shop>("shop")?;
     /// assert_eq!(shop.get()?.package_version(), "0.1.0");
+    /// # Ok(()) }
     /// ```
     pub fn package_version(&self) -> &str {
         &self.version().meta().info.package_version

@@ -209,7 +209,8 @@ impl Drop for LoadedLibrary {
         }
         if self.unmap_on_drop {
             // SAFETY: every instance and proxy of this library was dropped
-            // before its last `Arc<LoadedLibrary>` (see `version.rs`).
+            // before its last `Arc<LoadedLibrary>` (see `version.rs`), and a
+            // library refused before attach never handed out any value.
             unsafe { ManuallyDrop::drop(&mut self.library) };
         }
     }

@@ -322,7 +322,8 @@ impl Verdant {
     /// are coalesced into one follow-up reload, whose result they all get.
     ///
     /// A filter that matches nothing fails in strict mode and returns an
-    /// empty report (with a warning) otherwise.
+    /// empty report (with a warning) otherwise. Dropping the future does not
+    /// cancel the reload: it was queued when first polled.
     ///
     /// ```no_run
     /// # async fn f(verdant: verdant::Verdant) -> Result<(), verdant::Error> {

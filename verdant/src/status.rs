@@ -14,12 +14,14 @@ use crate::version::DetachState;
 
 /// A snapshot of a registry.
 ///
-/// ```ignore
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
 /// let status = verdant.status();
 /// println!("{status}");
-/// for retired in &status.loadables[0].retired {
+/// for retired in status.loadables.iter().flat_map(|l| &l.retired) {
 ///     println!("{} pins, mapped: {}", retired.in_flight, retired.mapped);
 /// }
+/// # Ok::<(), verdant::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Status {

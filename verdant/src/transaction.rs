@@ -155,10 +155,15 @@ fn load(
             // Never opened, so nothing maps it: the copy can go now.
             let _ = std::fs::remove_file(&copy);
         })?;
-        library.set_unmap_on_drop(inner.unmap_retired);
+        // Until the attach hook runs, no library code has run on any thread
+        // that could pin it with thread-local destructors: a library refused
+        // before attach is unmapped again instead of leaking its mapping.
+        library.set_unmap_on_drop(true);
         Ok(library)
     })?;
     timed(entry, steps, Step::Check, || library.check_fingerprints(&entry.ops.expected(inner.context_fingerprint)))?;
+    let mut library = library;
+    library.set_unmap_on_drop(inner.unmap_retired);
 
     let identity = library.identity().clone();
     let meta = Arc::new(VersionMeta {
