@@ -59,3 +59,79 @@ impl Artifact {
         std::fs::rename(&staging, &self.path).expect("rename artifact");
     }
 }
+
+/// Polls `condition` up to 200 times, 25 ms apart (at most about 5 s), and
+/// returns whether it became true. For effects that happen on a background
+/// thread (detach hooks, file removal); never a timing assertion.
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    condition()
+}
+
+/// The path of a shared object every Linux process maps (the C library),
+/// read from `/proc/self/maps`: a well-formed ELF shared object for this
+/// machine that is not a Verdant library.
+pub fn system_library() -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    let path = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.starts_with('/') && path.contains("/libc.so"))
+        .expect("this process maps libc");
+    PathBuf::from(path)
+}
+
+/// The feature-mismatch fixture: `tests/mismatch`, a loadable built in its
+/// own cargo workspace whose tokio has one feature more than the root
+/// workspace's, so its crossing types have other `TypeId`s than the test
+/// host's (BOUNDARY.md §3).
+///
+/// Built on first use with `cargo build --manifest-path
+/// tests/mismatch/Cargo.toml --target-dir target/mismatch` (its own target
+/// directory, so it never waits on the lock of the build running the tests)
+/// and cached there across runs. Takes about a minute the first time.
+pub fn mismatch_fixture() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_mismatch_fixture).clone()
+}
+
+fn build_mismatch_fixture() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("mismatch");
+    let manifest = workspace.join("Cargo.toml");
+    let lock = workspace.join("Cargo.lock");
+    if !lock.exists() {
+        // Same versions as the host's build: the feature set is the only
+        // difference. Cargo trims the copy to the packages it needs.
+        let root_lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+        std::fs::copy(&root_lock, &lock)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", root_lock.display(), lock.display()));
+    }
+    let target_dir = artifact_dir().parent().expect("target/<profile> has a parent").join("mismatch");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    eprintln!("building the feature-mismatch fixture (cached in {})", target_dir.display());
+    let output = std::process::Command::new(&cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .output()
+        .unwrap_or_else(|e| panic!("run {cargo:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "building {} failed ({}):\n{}",
+        manifest.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = target_dir.join("debug").join("libfixture_mismatch.so");
+    assert!(path.is_file(), "{} was not produced by the build", path.display());
+    path
+}

@@ -42,6 +42,8 @@ const HOST_MACHINE: u16 = if cfg!(target_arch = "x86_64") {
 };
 
 /// Checks `bytes`, the private copy's content.
+// ELF words are u32 on 32-bit targets; the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
 pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.is_empty() {
         return Err(LoadError::Empty);
@@ -124,6 +126,7 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
 
 /// A parse error of a table is a truncation when the table would start past
 /// the end of the file; otherwise the file is malformed.
+#[allow(clippy::useless_conversion)] // u32 words on 32-bit targets
 fn truncated_or_malformed(bytes: &[u8], what: &str, error: object::read::Error) -> LoadError {
     let mut truncated = bytes.len() < std::mem::size_of::<Header>();
     if let Ok(header) = Header::parse(bytes) {

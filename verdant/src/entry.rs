@@ -14,7 +14,7 @@ use crate::error::LoadError;
 use crate::handle::Slot;
 use crate::interface::Interface;
 use crate::loader::LoadedLibrary;
-use crate::version::{Retirement, Version, VersionMeta};
+use crate::version::{DetachState, Retirement, Version, VersionMeta};
 
 /// A loadable as the registry keeps it.
 pub(crate) struct Entry {
@@ -24,9 +24,14 @@ pub(crate) struct Entry {
     /// `Arc<Slot<I>>` of the interface given to `add`.
     pub slot: Arc<dyn Any + Send + Sync>,
     pub ops: Box<dyn EntryOps>,
-    /// Versions that stopped serving, oldest first.
-    pub retired: Mutex<Vec<Retired>>,
+    /// Versions that stopped serving, oldest first (see `record_retired`).
+    retired: Mutex<Vec<Retired>>,
 }
+
+/// How many finished (unpinned and detached) retired versions `status()`
+/// keeps per loadable; versions still pinned or awaiting detach are always
+/// kept, so a service that reloads for months does not grow this list.
+const FINISHED_RETIRED_KEPT: usize = 32;
 
 impl Entry {
     pub(crate) fn new<I: Interface + ?Sized>(name: &str, path: PathBuf) -> Entry {
@@ -40,6 +45,30 @@ impl Entry {
             ops: Box::new(TypedOps { slot }),
             retired: Mutex::new(Vec::new()),
         }
+    }
+}
+
+impl Entry {
+    /// Remembers a version that stopped serving, dropping the oldest
+    /// finished ones beyond [`FINISHED_RETIRED_KEPT`].
+    pub(crate) fn record_retired(&self, retired: Retired) {
+        let mut list = self.retired.lock();
+        list.push(retired);
+        let finished = |r: &Retired| r.pins.strong_count() == 0 && *r.meta.detach.lock() != DetachState::Pending;
+        let mut excess = list.iter().filter(|r| finished(r)).count().saturating_sub(FINISHED_RETIRED_KEPT);
+        list.retain(|r| {
+            if excess > 0 && finished(r) {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Calls `f` on every remembered retired version, oldest first.
+    pub(crate) fn with_retired<R>(&self, f: impl FnOnce(&[Retired]) -> R) -> R {
+        f(&self.retired.lock())
     }
 }
 

@@ -158,14 +158,18 @@ pub enum LoadError {
         host: String,
     },
     /// A crossing type differs between host and library.
-    #[error("the {role} type differs: host has `{host_type}`, library has `{library_type}` with another TypeId (a different crate version or feature set); rebuild the library in the same cargo invocation as the host, e.g. `cargo build -p <host> -p <library>`")]
+    #[error("the {role} type differs: host has `{host_type}`, library has `{library_type}` with another TypeId{}; the library was built with a different crate version or feature set: rebuild it in the same cargo invocation as the host, e.g. `cargo build -p <host> -p <library>`", also_differ(.also))]
     TypeMismatch {
-        /// What the type is for.
+        /// What the type is for (the first role that differs).
         role: String,
         /// The host's type name.
         host_type: String,
         /// The library's type name.
         library_type: String,
+        /// Every other crossing type that differs too, as `role (type)`.
+        /// A dependency shared by everything (tokio, tracing) shows up here
+        /// and is usually the cause.
+        also: Vec<String>,
     },
     /// The attach hook returned an error.
     #[error("the attach hook returned an error: {message}")]
@@ -214,9 +218,14 @@ pub struct StepError {
 }
 
 /// A reload or attach that swapped nothing because one loadable failed.
-#[derive(Debug, Clone)]
+///
+/// Displays as the whole story: which transaction, which loadable, which
+/// step, why, and that the previous versions keep serving.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} #{} failed, nothing was swapped and the previous versions keep serving: {error}", .report.trigger.verb(), .report.generation)]
 pub struct ReloadFailure {
     /// The first failure.
+    #[source]
     pub error: StepError,
     /// The full report, with every loadable's outcome and step times.
     pub report: ReloadReport,
@@ -268,7 +277,7 @@ pub enum Error {
     },
     /// A reload or attach failed; nothing was swapped and every loadable
     /// keeps its previous version.
-    #[error("{} #{} failed, nothing was swapped and the previous versions keep serving: {}", .0.report.trigger.verb(), .0.report.generation, .0.error)]
+    #[error(transparent)]
     Reload(Box<ReloadFailure>),
     /// The registry was revoked.
     #[error("this Verdant registry was revoked; create a new one")]
@@ -330,6 +339,14 @@ pub enum HandleError {
         /// The loadable.
         name: String,
     },
+}
+
+fn also_differ(also: &[String]) -> String {
+    if also.is_empty() {
+        String::new()
+    } else {
+        format!(" (also different: {})", also.join(", "))
+    }
 }
 
 fn list(names: &[String]) -> String {

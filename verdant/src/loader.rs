@@ -8,6 +8,7 @@
 
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -150,34 +151,27 @@ impl LoadedLibrary {
         // SAFETY: same rustc and verdant version (checked in the header), so
         // the Rust-ABI part of the descriptor has the host's layout.
         (self.descriptor().fingerprints)(&mut |fingerprint| found.push(fingerprint));
-        for host in expected {
-            match found.iter().find(|f| f.role == host.role) {
-                Some(library) if library.id == host.id => {}
-                Some(library) => {
-                    let library_type = if library.type_name == host.type_name {
-                        format!(
-                            "{} (same name, another build of its crate or of a crate it depends on)",
-                            library.type_name
-                        )
-                    } else {
-                        library.type_name.to_owned()
-                    };
-                    return Err(LoadError::TypeMismatch {
-                        role: host.role.to_owned(),
-                        host_type: host.type_name.to_owned(),
-                        library_type,
-                    });
-                }
-                None => {
-                    return Err(LoadError::TypeMismatch {
-                        role: host.role.to_owned(),
-                        host_type: host.type_name.to_owned(),
-                        library_type: "<missing>".to_owned(),
-                    })
-                }
+        let mut differing = expected.iter().filter_map(|host| {
+            let library = found.iter().find(|f| f.role == host.role);
+            match library {
+                Some(library) if library.id == host.id => None,
+                _ => Some((host, library)),
             }
-        }
-        Ok(())
+        });
+        let Some((host, library)) = differing.next() else { return Ok(()) };
+        let library_type = match library {
+            Some(library) if library.type_name == host.type_name => {
+                format!("{} (same name, another build of its crate or of a crate it depends on)", library.type_name)
+            }
+            Some(library) => library.type_name.to_owned(),
+            None => "<missing>".to_owned(),
+        };
+        Err(LoadError::TypeMismatch {
+            role: host.role.to_owned(),
+            host_type: host.type_name.to_owned(),
+            library_type,
+            also: differing.map(|(host, _)| format!("{} (`{}`)", host.role, host.type_name)).collect(),
+        })
     }
 
     /// The descriptor; only valid after [`check_header`](Self::check_header).
@@ -216,10 +210,16 @@ impl Drop for LoadedLibrary {
     }
 }
 
+/// Numbers private copies across every registry of this process.
+static COPY_SEQUENCE: AtomicU64 = AtomicU64::new(1);
+
 /// The file name of a private copy: readable in `/proc/self/maps` and in
-/// `status()`, unique per version.
-pub(crate) fn copy_name(loadable: &str, generation: u64, hash: &ContentHash) -> String {
+/// `status()`, and unique per process and copy (names of loadables may
+/// differ only in characters that are replaced here). The pid lets a
+/// configured directory be cleaned of copies of dead processes.
+pub(crate) fn copy_name(loadable: &str, hash: &ContentHash) -> String {
     let safe: String =
         loadable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    format!("{safe}-g{generation}-{hash}.so")
+    let sequence = COPY_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!("{safe}-p{}-{sequence}-{hash}.so", std::process::id())
 }

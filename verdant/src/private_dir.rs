@@ -27,6 +27,7 @@ impl PrivateDir {
             Some(path) => {
                 fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
                 fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+                remove_copies_of_dead_processes(path);
                 Ok(PrivateDir { path: path.to_owned(), created: false })
             }
             None => {
@@ -45,10 +46,21 @@ impl PrivateDir {
     }
 }
 
-/// Writes `bytes` to a new file at `path`, never replacing an existing one:
-/// a fresh inode per version.
+/// Writes `bytes` to a new file at `path`: a fresh inode per version.
+///
+/// Copy names carry the pid and a process-wide sequence number, so an
+/// existing file of that name was left by an earlier process that had the
+/// same pid (a restarted container's pid 1); it is replaced. Unlinking it
+/// cannot disturb a mapping, which holds the old inode.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o500).open(path)?;
+    let open = || fs::OpenOptions::new().write(true).create_new(true).mode(0o500).open(path);
+    let mut file = match open() {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            open()?
+        }
+        other => other?,
+    };
     file.write_all(bytes)
 }
 
@@ -73,10 +85,33 @@ fn remove_stale(base: &Path) {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
         let ours = entry.metadata().map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok() == Some(current_uid());
-        if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+        if ours && !process_exists(pid) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// In a configured directory, which outlives processes: removes copies
+/// (`<name>-p<pid>-<n>-<hash>.so`) whose process is gone.
+fn remove_copies_of_dead_processes(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".so")) else { continue };
+        // The pid is the third field from the end; loadable names may
+        // contain '-' themselves.
+        let mut fields = name.rsplitn(4, '-');
+        let pid = fields.nth(2).and_then(|p| p.strip_prefix('p')).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !process_exists(pid) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn current_uid() -> u32 {

@@ -185,7 +185,10 @@ impl Builder {
 /// The reload supervisor: a registry of loadables sharing one context.
 ///
 /// Cheap to clone (all clones are the same registry). See the crate docs for
-/// the life cycle and [`Builder`] for settings.
+/// the life cycle and [`Builder`] for settings. Dropping the last clone
+/// stops the reload worker and the SIGPIPE listener but does not revoke:
+/// handles keep serving their last version. Call [`revoke`](Self::revoke)
+/// to detach everything.
 ///
 /// ```no_run
 /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
@@ -403,7 +406,7 @@ impl Verdant {
         let _transaction = self.inner.transaction.lock();
         for entry in self.inner.entries.read().iter() {
             if let Some(retired) = entry.ops.revoke() {
-                entry.retired.lock().push(retired);
+                entry.record_retired(retired);
             }
         }
         tracing::info!("verdant registry revoked");
@@ -428,19 +431,19 @@ impl Verdant {
                 path: entry.path.clone(),
                 interface: entry.interface,
                 current: entry.ops.current().map(|meta| meta.info.clone()),
-                retired: entry
-                    .retired
-                    .lock()
-                    .iter()
-                    .map(|retired| RetiredStatus {
-                        version: retired.meta.info.clone(),
-                        retired_at: *retired.meta.retired_at.lock(),
-                        in_flight: retired.pins.strong_count(),
-                        detach: retired.meta.detach.lock().clone(),
-                        mapped: mappings.contains(&retired.meta.copy),
-                        copy: retired.meta.copy.clone(),
-                    })
-                    .collect(),
+                retired: entry.with_retired(|retired| {
+                    retired
+                        .iter()
+                        .map(|retired| RetiredStatus {
+                            version: retired.meta.info.clone(),
+                            retired_at: *retired.meta.retired_at.lock(),
+                            in_flight: retired.pins.strong_count(),
+                            detach: retired.meta.detach.lock().clone(),
+                            mapped: mappings.contains(&retired.meta.copy),
+                            copy: retired.meta.copy.clone(),
+                        })
+                        .collect()
+                }),
             })
             .collect();
         Status {

@@ -25,7 +25,10 @@ use crate::version::DetachState;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Status {
-    /// The generation of the last transaction (0 before the first attach).
+    /// The generation of the last transaction started, including a failed
+    /// or still running one (0 before the first attach). Every transaction
+    /// takes a number, so failed reloads are visible as gaps between the
+    /// generations of serving versions.
     pub generation: u64,
     /// Whether `revoke()` was called.
     pub revoked: bool,
@@ -52,7 +55,8 @@ pub struct LoadableStatus {
     pub interface: &'static str,
     /// The version serving now.
     pub current: Option<VersionInfo>,
-    /// Versions that stopped serving, oldest first.
+    /// Versions that stopped serving, oldest first: every one still pinned
+    /// or awaiting detach, and the newest 32 finished ones.
     pub retired: Vec<RetiredStatus>,
 }
 

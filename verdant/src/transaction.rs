@@ -11,6 +11,10 @@
 //! The caller holds the registry's transaction lock, so transactions never
 //! overlap. Readers never take that lock.
 
+// `StepError` is large, but it is built at most once per reload, on a path
+// that then does file and dlopen work; boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -103,7 +107,7 @@ pub(crate) fn run(
         report.steps.push(StepTime { step: Step::Swap, duration: swap_started.elapsed() });
         let old_info = old.as_ref().map(|retired| retired.meta.info.clone());
         if let Some(retired) = old {
-            entry.retired.lock().push(retired);
+            entry.record_retired(retired);
         }
         tracing::info!(loadable = %entry.name, version = %new, "swapped in");
         report.outcome = Outcome::Swapped { old: old_info, new };
@@ -148,7 +152,7 @@ fn load(
     }
     timed(entry, steps, Step::Validate, || inner.stages.validate(&bytes))?;
     let copy = timed(entry, steps, Step::Copy, || {
-        inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, generation, &hash), &bytes)
+        inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), &bytes)
     })?;
     let library = timed(entry, steps, Step::Open, || {
         let mut library = inner.stages.open(&copy).inspect_err(|_| {
