@@ -104,8 +104,9 @@ impl Builder {
     }
 
     /// The tokio runtime that attach hooks (and SIGPIPE-triggered reloads)
-    /// run in. Default: the runtime `build()`, `attach()` or `reload()` was
-    /// last called from.
+    /// run in; set it when the registry is used from more than one runtime.
+    /// Default: the runtime `build()`, `attach()` or `reload()` was last
+    /// called from.
     ///
     /// ```
     /// let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -156,14 +157,15 @@ impl Builder {
         let retirement =
             Retirement::start().map_err(|e| Error::Worker { what: "retirement", reason: e.to_string() })?;
         let coordinator = Arc::new(Coordinator::default());
-        let runtime = self.runtime.or_else(|| tokio::runtime::Handle::try_current().ok());
+        let current_runtime = tokio::runtime::Handle::try_current().ok();
         let inner = Arc::new(Inner {
             context: self.context,
             context_fingerprint: self.context_fingerprint,
             strict: self.strict,
             attach_timeout: self.attach_timeout,
             unmap_retired: self.unmap_retired,
-            runtime: Mutex::new(runtime),
+            explicit_runtime: self.runtime,
+            last_runtime: Mutex::new(current_runtime),
             private_dir,
             stages: self.stages,
             entries: RwLock::new(self.entries.into_iter().map(Arc::new).collect()),
@@ -216,7 +218,10 @@ pub(crate) struct Inner {
     strict: bool,
     attach_timeout: Duration,
     pub(crate) unmap_retired: bool,
-    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// `Builder::runtime`: always wins.
+    explicit_runtime: Option<tokio::runtime::Handle>,
+    /// The runtime `build`, `attach` or `reload` was last called from.
+    last_runtime: Mutex<Option<tokio::runtime::Handle>>,
     pub(crate) private_dir: PrivateDir,
     pub(crate) stages: Arc<dyn Stages>,
     entries: RwLock<Vec<Arc<Entry>>>,
@@ -509,15 +514,17 @@ impl Inner {
     }
 
     fn remember_runtime(&self) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            *self.runtime.lock() = Some(runtime);
+        if self.explicit_runtime.is_none() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                *self.last_runtime.lock() = Some(runtime);
+            }
         }
     }
 
     pub(crate) fn attach_env(&self) -> AttachEnv {
         AttachEnv {
             context: self.context.clone(),
-            runtime: self.runtime.lock().clone(),
+            runtime: self.explicit_runtime.clone().or_else(|| self.last_runtime.lock().clone()),
             timeout: self.attach_timeout,
             stuck: self.stuck.clone(),
         }
