@@ -1,1 +1,200 @@
-fn main() {}
+//! The Verdant demo: an axum e-shop service whose logic is hot-swapped.
+//!
+//! What it shows:
+//!
+//! - **Loading.** The shop logic is not compiled into this binary. It lives in
+//!   the `shop-lib` `cdylib`, behind the `shop_api::Shop` interface; a
+//!   [`verdant::Verdant`] registry loads it at start-up and every request
+//!   calls it through a [`verdant::Handle`].
+//! - **Reloading without a restart.** After a rebuild, `kill -PIPE <pid>`
+//!   (what `scripts/reload` does) makes Verdant load the new library next to
+//!   the old one, attach it, and swap it in; requests already running finish
+//!   on the version they started with. `GET /shop/hello` names the library
+//!   version that answered, so the swap is visible with `curl`, and
+//!   `GET /verdant/status` shows the generation and the retired versions.
+//!   A SIGPIPE this process raises itself (a broken pipe) is ignored.
+//! - **Containment.** A panic in library code (`GET /shop/quote/boom`) is
+//!   caught inside the library, re-raised here as a host panic carrying a
+//!   [`verdant::boundary::LibraryPanic`], and answered 500 by
+//!   `tower_http::catch_panic::CatchPanicLayer`; the process keeps serving.
+//!   No serving version answers 503, an unknown path 404.
+//!
+//! Run it with `scripts/demo` (which builds host and library in one cargo
+//! invocation, as Verdant requires) and see `demo-app --help`.
+//!
+//! On start it prints exactly one line to stdout,
+//! `verdant demo listening on http://<addr> (pid <pid>)`; logs go to stderr
+//! (`RUST_LOG` filters them, default `info`). SIGINT or SIGTERM shut it down
+//! gracefully and remove the pid file.
+
+mod cli;
+mod http;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use shop_api::{Shop, ShopContext};
+use tracing_subscriber::EnvFilter;
+use verdant::Verdant;
+
+use crate::cli::{Args, Command, USAGE};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let exe_dir = match std::env::current_exe() {
+        Ok(exe) => exe.parent().map(Path::to_owned).unwrap_or_default(),
+        Err(error) => {
+            eprintln!("demo-app: cannot find this executable's directory for the default paths: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = match cli::parse(std::env::args().skip(1), &exe_dir) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            // Not println!: it panics when stdout is a closed pipe (`| head`).
+            let _ = writeln!(std::io::stdout(), "{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("demo-app: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    install_panic_hook();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("demo-app: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). The library's
+/// `tracing` calls end up here too: Verdant hands it this subscriber.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
+/// Logs library panics as one structured line instead of the default
+/// hook's `Box<dyn Any>`; other panics keep the default report.
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<verdant::boundary::LibraryPanic>().is_some() {
+            let location = info.location().map(ToString::to_string).unwrap_or_default();
+            tracing::error!(%location, "{}; answering 500", http::panic_message(info.payload()));
+        } else {
+            default_hook(info);
+        }
+    }));
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let context = ShopContext { shop_name: "the Verdant demo shop".to_owned(), currency: "EUR".to_owned() };
+    let verdant =
+        Verdant::builder(context).add::<dyn Shop>("shop", &args.library).build().map_err(|error| error.to_string())?;
+    let shop = verdant.handle::<dyn Shop>("shop").map_err(|error| error.to_string())?;
+
+    // Attach runs the library's attach hook (under a time limit, on its own
+    // thread); keep it off the async worker threads.
+    let attaching = verdant.clone();
+    let report = tokio::task::spawn_blocking(move || attaching.attach())
+        .await
+        .map_err(|error| format!("the attach task failed: {error}"))?
+        .map_err(|error| error.to_string())?;
+    tracing::info!("{}", report.to_string().trim_end());
+
+    verdant.reload_on_sigpipe().map_err(|error| error.to_string())?;
+    let pid = std::process::id();
+    let _pid_file = PidFile::write(&args.pid_file, pid)?;
+
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.addr))?;
+    let local = listener.local_addr().map_err(|error| format!("cannot read the bound address: {error}"))?;
+    announce(&format!("verdant demo listening on http://{local} (pid {pid})"));
+    tracing::info!(
+        pid,
+        pid_file = %args.pid_file.display(),
+        library = %args.library.display(),
+        "serving; rebuild and reload with scripts/reload, or `kill -PIPE {pid}` after a rebuild"
+    );
+
+    let app = http::router(http::AppState { shop, verdant: verdant.clone() });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|error| format!("the server failed: {error}"))?;
+
+    // Detaches the serving version (its detach hook logs) once the requests
+    // still pinned to it are done.
+    tokio::task::spawn_blocking(move || verdant.revoke()).await.map_err(|error| format!("revoke failed: {error}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prints the one stdout line tests and scripts wait for, and flushes it.
+fn announce(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        // Nobody reads stdout any more; the service works without it.
+        tracing::warn!(%error, "cannot write to stdout: {line}");
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let which = tokio::select! {
+        () = interrupt => "SIGINT",
+        () = terminate => "SIGTERM",
+    };
+    tracing::info!(signal = which, "shutting down: finishing the requests in flight");
+}
+
+/// The pid file, removed when this guard is dropped (if it still holds our
+/// pid: a second instance may have taken it over).
+struct PidFile {
+    path: PathBuf,
+    pid: u32,
+}
+
+impl PidFile {
+    fn write(path: &Path, pid: u32) -> Result<PidFile, String> {
+        std::fs::write(path, format!("{pid}\n"))
+            .map_err(|error| format!("cannot write the pid file {}: {error}", path.display()))?;
+        Ok(PidFile { path: path.to_owned(), pid })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path).is_ok_and(|text| text.trim() == self.pid.to_string());
+        if ours {
+            if let Err(error) = std::fs::remove_file(&self.path) {
+                tracing::warn!(%error, path = %self.path.display(), "cannot remove the pid file");
+            }
+        }
+    }
+}

@@ -222,7 +222,7 @@ pub struct StepError {
 /// Displays as the whole story: which transaction, which loadable, which
 /// step, why, and that the previous versions keep serving.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{} #{} failed, nothing was swapped and the previous versions keep serving: {error}", .report.trigger.verb(), .report.generation)]
+#[error("{} #{} failed, {}: {error}", .report.trigger.verb(), .report.generation, .report.trigger.consequence())]
 pub struct ReloadFailure {
     /// The first failure.
     #[source]

@@ -171,11 +171,18 @@ pub unsafe fn attach_entry<L: Loadable>(
 }
 
 /// Makes the host's subscriber this library copy's global default, once.
+///
+/// The library has its own copy of tracing-core (BOUNDARY.md §7), whose
+/// callsites and max level start out disabled. `set_global_default` does not
+/// recompute them (a `Dispatch` registers itself when created, which
+/// happened in the host's copy), so the interest cache is rebuilt here;
+/// without it every event of the library would be dropped.
 fn install_host_dispatch(dispatch: &tracing::Dispatch) {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         // Fails only if the library installed a default of its own; keep it.
         let _ = tracing::dispatcher::set_global_default(dispatch.clone());
+        tracing::callsite::rebuild_interest_cache();
     });
 }
 

@@ -28,6 +28,14 @@ impl Trigger {
             Trigger::Call | Trigger::Signal { .. } => "reload",
         }
     }
+
+    /// What a failure of this transaction means for what is serving.
+    pub(crate) fn consequence(&self) -> &'static str {
+        match self {
+            Trigger::Attach => "nothing was attached (loadables attached earlier keep serving)",
+            Trigger::Call | Trigger::Signal { .. } => "nothing was swapped and the previous versions keep serving",
+        }
+    }
 }
 
 /// A SHA-256 of a library artifact's content.
