@@ -2,6 +2,10 @@
 //! artifact path that tests overwrite the way a rebuild does.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fixture_api::{FixtureContext, Probe, Shared};
+use verdant::{Handle, Verdant};
 
 /// `target/<profile>`, found from the running test executable
 /// (`target/<profile>/deps/<test>-<hash>`).
@@ -60,17 +64,40 @@ impl Artifact {
     }
 }
 
-/// Polls `condition` up to 200 times, 25 ms apart (at most about 5 s), and
+/// Polls `condition` up to 400 times, 25 ms apart (at most about 10 s), and
 /// returns whether it became true. For effects that happen on a background
 /// thread (detach hooks, file removal); never a timing assertion.
 pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if condition() {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     condition()
+}
+
+/// [`eventually`], panicking with `what` and the registry's status if
+/// `done` never holds.
+pub fn poll_until(verdant: &Verdant, what: &str, done: impl FnMut() -> bool) {
+    if !eventually(done) {
+        panic!("timed out waiting for: {what}\n{}", verdant.status());
+    }
+}
+
+/// A registry with one loadable `probe` served from `artifact` (which must
+/// hold good-v1), attached as generation 1: the registry, the fixtures'
+/// shared counters and a handle.
+pub fn attached(artifact: &Artifact) -> (Verdant, Arc<Shared>, Handle<dyn Probe>) {
+    let context = FixtureContext::new();
+    let shared = context.shared.clone();
+    let verdant = Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()).build().expect("build");
+    let report = verdant.attach().expect("initial attach");
+    assert_eq!(report.generation, 1, "{report}");
+    let probe = verdant.handle::<dyn Probe>("probe").expect("handle");
+    assert_eq!(probe.get().expect("get").version(), 1);
+    assert_eq!(shared.attach_count(), 1);
+    (verdant, shared, probe)
 }
 
 /// The path of a shared object every Linux process maps (the C library),

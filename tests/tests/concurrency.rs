@@ -20,35 +20,9 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use fixture_api::{FixtureContext, Gate, Probe, Shared};
-use verdant::{DetachState, Handle, HandleError, Outcome, Verdant};
-use verdant_tests::Artifact;
-
-/// Polls `done` up to 400 times, 25 ms apart (10 s in all); panics with
-/// `what` and the registry status if it never holds.
-fn poll_until(verdant: &Verdant, what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out waiting for: {what}\n{}", verdant.status());
-}
-
-/// A registry with one loadable `probe` served from `artifact`, attached,
-/// and the fixtures' shared counters.
-fn attached(artifact: &Artifact) -> (Verdant, Arc<Shared>, Handle<dyn Probe>) {
-    let context = FixtureContext::new();
-    let shared = context.shared.clone();
-    let verdant = Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()).build().expect("build");
-    let report = verdant.attach().expect("initial attach");
-    assert_eq!(report.generation, 1, "{report}");
-    let probe = verdant.handle::<dyn Probe>("probe").expect("handle");
-    assert_eq!(probe.get().expect("get").version(), 1);
-    assert_eq!(shared.attach_count(), 1);
-    (verdant, shared, probe)
-}
+use fixture_api::{Gate, Probe, Shared};
+use verdant::{DetachState, Handle, HandleError, Outcome};
+use verdant_tests::{attached, poll_until, Artifact};
 
 /// How many detach records `instance` has.
 fn detaches_of(shared: &Shared, instance: u64) -> usize {

@@ -16,10 +16,7 @@ pub trait Other: Send + Sync {
 
 fn attached_v1() -> (Artifact, Verdant, Arc<Shared>) {
     let artifact = Artifact::new("good-v1");
-    let context = FixtureContext::new();
-    let shared = context.shared.clone();
-    let verdant = Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()).build().unwrap();
-    verdant.attach().unwrap();
+    let (verdant, shared, _probe) = verdant_tests::attached(&artifact);
     (artifact, verdant, shared)
 }
 

@@ -9,11 +9,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use fixture_api::{FixtureContext, Probe, Shared};
-use verdant::{Handle, Verdant};
-use verdant_tests::Artifact;
+use verdant::Verdant;
+use verdant_tests::{attached, poll_until, Artifact};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -25,28 +23,6 @@ static LISTENED: AtomicBool = AtomicBool::new(false);
 fn listen(verdant: &Verdant) {
     LISTENED.store(true, Ordering::SeqCst);
     verdant.reload_on_sigpipe().expect("reload_on_sigpipe");
-}
-
-/// Polls `done` up to 400 times, 25 ms apart (10 s in all); panics with
-/// `what` and the registry status if it never holds.
-fn poll_until(verdant: &Verdant, what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out waiting for: {what}\n{}", verdant.status());
-}
-
-fn attached(artifact: &Artifact) -> (Verdant, std::sync::Arc<Shared>, Handle<dyn Probe>) {
-    let context = FixtureContext::new();
-    let shared = context.shared.clone();
-    let verdant = Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()).build().expect("build");
-    verdant.attach().expect("initial attach");
-    let probe = verdant.handle::<dyn Probe>("probe").expect("handle");
-    assert_eq!(probe.get().expect("get").version(), 1);
-    (verdant, shared, probe)
 }
 
 /// Writes to a pipe whose read end is closed: the kernel raises SIGPIPE in

@@ -220,6 +220,7 @@ fn a_retired_copy_is_deleted_but_stays_mapped() {
     assert_eq!(retired.in_flight, 0);
     assert!(retired.retired_at.is_some());
     assert!(retired.mapped, "the retired library is still mapped (BOUNDARY.md §4): {}", verdant.status());
+    assert!(retired.mapped_bytes >= 4096, "its mappings are measured: {} bytes", retired.mapped_bytes);
 
     // Only the serving version's copy is left.
     let left: Vec<_> = std::fs::read_dir(verdant.private_dir()).unwrap().map(|e| e.unwrap().path()).collect();
@@ -322,4 +323,27 @@ fn a_restart_with_a_configured_private_dir_attaches_again() {
         .unwrap();
     verdant.attach().unwrap_or_else(|e| panic!("the restarted service attaches: {e}"));
     assert_eq!(verdant.handle::<dyn Probe>("probe").unwrap().get().unwrap().version(), 1);
+}
+
+#[test]
+fn unmap_retired_unmaps_a_library_whose_code_ran_only_on_exited_threads() {
+    // The fixture's attach hook ran on its own thread, which has exited (so
+    // its thread-local destructors ran); its methods ran on this thread
+    // without thread-locals. Nothing pins it (BOUNDARY.md §4), so dlclose
+    // really unmaps it and status() must say so.
+    let artifact = Artifact::new("good-v1");
+    let verdant = Verdant::builder(FixtureContext::new())
+        .unmap_retired(true)
+        .add::<dyn Probe>("probe", artifact.path())
+        .build()
+        .unwrap();
+    verdant.attach().unwrap();
+    assert_eq!(verdant.handle::<dyn Probe>("probe").unwrap().get().unwrap().version(), 1);
+    artifact.install("good-v2");
+    verdant.reload_blocking(None).unwrap();
+    let unmapped = || {
+        let retired = verdant.status().loadables[0].retired[0].clone();
+        retired.detach == DetachState::Detached && !retired.mapped && retired.mapped_bytes == 0
+    };
+    assert!(eventually(unmapped), "{}", verdant.status());
 }

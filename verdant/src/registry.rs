@@ -444,7 +444,8 @@ impl Verdant {
                             retired_at: *retired.meta.retired_at.lock(),
                             in_flight: retired.pins.strong_count(),
                             detach: retired.meta.detach.lock().clone(),
-                            mapped: mappings.contains(&retired.meta.copy),
+                            mapped: mappings.bytes(&retired.meta.copy) > 0,
+                            mapped_bytes: mappings.bytes(&retired.meta.copy),
                             copy: retired.meta.copy.clone(),
                         })
                         .collect()

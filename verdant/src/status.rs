@@ -2,7 +2,7 @@
 //! flight, detach results, whether retired files are still mapped, stuck
 //! attach threads and SIGPIPE counters.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -76,6 +76,10 @@ pub struct RetiredStatus {
     /// threads that ran its code hold its thread-local destructors
     /// (BOUNDARY.md §4).
     pub mapped: bool,
+    /// How many bytes of address space its mappings still take (the sum of
+    /// its `/proc/self/maps` ranges; 0 once unmapped). This is what a
+    /// retired version costs the process, measured rather than guessed.
+    pub mapped_bytes: u64,
     /// Its private copy (deleted once retired; the mapping outlives the name).
     pub copy: PathBuf,
 }
@@ -96,13 +100,15 @@ impl fmt::Display for Status {
                 None => writeln!(f, "  {} ({}): not attached", loadable.name, loadable.path.display())?,
             }
             for retired in &loadable.retired {
+                let mapping = if retired.mapped {
+                    format!("still mapped ({} KiB)", retired.mapped_bytes / 1024)
+                } else {
+                    "unmapped".to_owned()
+                };
                 writeln!(
                     f,
-                    "    retired {}: {} in flight, detach {:?}, {}",
-                    retired.version,
-                    retired.in_flight,
-                    retired.detach,
-                    if retired.mapped { "still mapped" } else { "unmapped" }
+                    "    retired {}: {} in flight, detach {:?}, {mapping}",
+                    retired.version, retired.in_flight, retired.detach
                 )?;
             }
         }
@@ -117,28 +123,33 @@ impl fmt::Display for Status {
     }
 }
 
-/// The files mapped into this process, from `/proc/self/maps`.
+/// The files mapped into this process and the bytes each maps, from
+/// `/proc/self/maps`.
 pub(crate) struct Mappings {
-    paths: HashSet<PathBuf>,
+    bytes: HashMap<PathBuf, u64>,
 }
 
 impl Mappings {
     pub(crate) fn read() -> Mappings {
         let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        let paths = text
-            .lines()
-            .filter_map(|line| {
-                // address perms offset dev inode pathname; the path may hold
-                // spaces and ends in " (deleted)" once unlinked.
-                let path = line.splitn(6, char::is_whitespace).nth(5)?.trim_start();
-                let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-                path.starts_with('/').then(|| PathBuf::from(path))
-            })
-            .collect();
-        Mappings { paths }
+        let mut bytes = HashMap::new();
+        for line in text.lines() {
+            // address perms offset dev inode pathname; the path may hold
+            // spaces and ends in " (deleted)" once unlinked.
+            let mut fields = line.splitn(6, char::is_whitespace);
+            let Some((start, end)) = fields.next().and_then(|range| range.split_once('-')) else { continue };
+            let Some(path) = fields.nth(4).map(str::trim_start) else { continue };
+            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+            let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else { continue };
+            if path.starts_with('/') {
+                *bytes.entry(PathBuf::from(path)).or_insert(0) += end.saturating_sub(start);
+            }
+        }
+        Mappings { bytes }
     }
 
-    pub(crate) fn contains(&self, path: &Path) -> bool {
-        self.paths.contains(path)
+    /// Bytes mapped from `path` (0 when it is not mapped).
+    pub(crate) fn bytes(&self, path: &Path) -> u64 {
+        self.bytes.get(path).copied().unwrap_or(0)
     }
 }
