@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use fixture_api::{FixtureContext, Probe, Shared};
 use verdant::{DetachState, Error, LoadError, Outcome, Step, Trigger, Verdant, VersionInfo};
-use verdant_tests::{eventually, Artifact};
+use verdant_tests::{attached, eventually, Artifact};
 
 /// Two loadables, `a` and `b`, both attached on good-v1.
 struct Pair {
@@ -109,11 +109,7 @@ fn loadables_after_the_failing_one_are_not_reached() {
 #[test]
 fn an_unchanged_file_is_not_reloaded() {
     let artifact = Artifact::new("good-v1");
-    let context = FixtureContext::new();
-    let shared = context.shared.clone();
-    let verdant = Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()).build().unwrap();
-    verdant.attach().unwrap();
-    let probe = verdant.handle::<dyn Probe>("probe").unwrap();
+    let (verdant, shared, probe) = attached(&artifact);
     let instance = probe.get().unwrap().instance();
 
     // Rewritten with the same content (a fresh inode, as a no-op rebuild).
@@ -272,11 +268,7 @@ fn reports_name_their_trigger() {
 #[test]
 fn a_slow_attach_blocks_neither_calls_nor_status() {
     let artifact = Artifact::new("good-v1");
-    let context = FixtureContext::new();
-    let shared = context.shared.clone();
-    let verdant = Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()).build().unwrap();
-    verdant.attach().unwrap();
-    let probe = verdant.handle::<dyn Probe>("probe").unwrap();
+    let (verdant, shared, probe) = attached(&artifact);
 
     shared.attach_gate.close();
     artifact.install("good-v2");

@@ -100,6 +100,12 @@ pub use version::DetachState;
 /// and adds, hidden, a panic-guarded boundary trait, a host-side proxy and
 /// `unsafe impl verdant::Interface for dyn Trait`.
 ///
+/// Methods should take and return plain data (strings, numbers, structs of
+/// the shared crate). A trait object or closure *made by the library*
+/// (`Box<dyn Fn()>`, `Box<dyn Iterator>`) carries a vtable into library
+/// code that this guard does not cover: a panic in it, or in its `Drop`,
+/// would abort the process (BOUNDARY.md §1).
+///
 /// ```
 /// #[verdant::interface]
 /// pub trait Shop: Send + Sync {
