@@ -44,6 +44,12 @@ impl Probe for Local {
     fn attached_in_runtime(&self) -> bool {
         false
     }
+    fn describe(&self) -> String {
+        "local".to_owned()
+    }
+    fn consume(&self, text: String) -> usize {
+        text.len()
+    }
 }
 
 fn loaded() -> (Verdant, verdant::Handle<dyn Probe>) {

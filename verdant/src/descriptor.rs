@@ -151,6 +151,9 @@ pub struct Descriptor {
     pub package_name: RawStr,
     /// The library package's version.
     pub package_version: RawStr,
+    /// Makes the library allocate with the host's global allocator (see
+    /// [`crate::allocator`]); called right after the header check.
+    pub use_host_allocator: fn(&'static crate::allocator::AllocatorTable),
     /// Writes the library's fingerprints (see [`fingerprints`]).
     pub fingerprints: fn(&mut dyn FnMut(Fingerprint)),
     /// Runs the attach hook; writes an `AttachOutcome<I>` to `out`.

@@ -188,8 +188,10 @@ fn install_host_dispatch(dispatch: &tracing::Dispatch) {
 
 /// Exports a [`Loadable`] type from a `cdylib` crate.
 ///
-/// Generates the descriptor symbol the loader looks for and the attach entry
-/// point. Use it exactly once per library.
+/// Generates the descriptor symbol the loader looks for, the attach entry
+/// point, and the library's global allocator, which forwards to the host's
+/// (see [`crate::allocator`]; a loadable cannot set its own). Use it exactly
+/// once per library, in its root module.
 ///
 /// ```
 /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
@@ -205,6 +207,9 @@ fn install_host_dispatch(dispatch: &tracing::Dispatch) {
 #[macro_export]
 macro_rules! export {
     ($loadable:ty) => {
+        #[global_allocator]
+        static __VERDANT_HOST_ALLOCATOR: $crate::allocator::HostAllocator = $crate::allocator::HostAllocator::new();
+
         #[allow(non_upper_case_globals)]
         #[unsafe(no_mangle)]
         pub static __verdant_descriptor_v1: $crate::descriptor::Descriptor = $crate::descriptor::Descriptor {
@@ -214,6 +219,12 @@ macro_rules! export {
             verdant_version: $crate::descriptor::RawStr::new($crate::descriptor::VERDANT_VERSION),
             package_name: $crate::descriptor::RawStr::new(env!("CARGO_PKG_NAME")),
             package_version: $crate::descriptor::RawStr::new(env!("CARGO_PKG_VERSION")),
+            use_host_allocator: {
+                fn use_host_allocator(table: &'static $crate::allocator::AllocatorTable) {
+                    __VERDANT_HOST_ALLOCATOR.install(table)
+                }
+                use_host_allocator
+            },
             fingerprints: $crate::export::write_fingerprints::<$loadable>,
             attach: {
                 fn upcast(

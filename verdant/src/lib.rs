@@ -45,9 +45,10 @@
 //!   feature resolution: build them in one `cargo build -p host -p lib`.
 //!   Verdant refuses anything else with a message that names the type.
 //! - Libraries stay mapped after they are retired (glibc keeps them while
-//!   thread-local destructors are pending); `status()` reports it. Memory
-//!   allocated on one side and freed on the other assumes both use the
-//!   system allocator.
+//!   thread-local destructors are pending); `status()` reports it and the
+//!   bytes they keep.
+//! - Values cross by ownership, so a library allocates with the host's
+//!   global allocator ([`allocator`]): a host may use jemalloc or mimalloc.
 //! - SIGPIPE is also raised by broken pipes; only signals sent by another
 //!   process reload.
 
@@ -57,6 +58,7 @@
 // this crate's own unit tests.
 extern crate self as verdant;
 
+pub mod allocator;
 mod attach;
 pub mod boundary;
 pub mod descriptor;

@@ -141,6 +141,10 @@ impl LoadedLibrary {
             return Err(LoadError::VerdantMismatch { library: verdant, host: descriptor::VERDANT_VERSION.to_owned() });
         }
         self.identity = LibraryIdentity { package, package_version };
+        // Same rustc and verdant: the Rust-ABI entry points are readable.
+        // Before any other library code runs, its allocations are routed to
+        // the host's allocator (values cross the boundary by ownership).
+        (header.use_host_allocator)(&crate::allocator::HOST_TABLE);
         Ok(self)
     }
 
