@@ -89,9 +89,18 @@ pub fn poll_until(verdant: &Verdant, what: &str, done: impl FnMut() -> bool) {
 /// hold good-v1), attached as generation 1: the registry, the fixtures'
 /// shared counters and a handle.
 pub fn attached(artifact: &Artifact) -> (Verdant, Arc<Shared>, Handle<dyn Probe>) {
+    attached_with(artifact, |builder| builder)
+}
+
+/// [`attached`], with builder settings of the test's own.
+pub fn attached_with(
+    artifact: &Artifact,
+    configure: impl FnOnce(verdant::Builder) -> verdant::Builder,
+) -> (Verdant, Arc<Shared>, Handle<dyn Probe>) {
     let context = FixtureContext::new();
     let shared = context.shared.clone();
-    let verdant = Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()).build().expect("build");
+    let builder = configure(Verdant::builder(context));
+    let verdant = builder.add::<dyn Probe>("probe", artifact.path()).build().expect("build");
     let report = verdant.attach().expect("initial attach");
     assert_eq!(report.generation, 1, "{report}");
     let probe = verdant.handle::<dyn Probe>("probe").expect("handle");

@@ -105,12 +105,7 @@ fn attach_is_idempotent() {
 #[test]
 fn strict_mode_refuses_a_filter_that_matches_nothing() {
     let artifact = Artifact::new("good-v1");
-    let verdant = Verdant::builder(FixtureContext::new())
-        .strict(true)
-        .add::<dyn Probe>("probe", artifact.path())
-        .build()
-        .unwrap();
-    verdant.attach().unwrap();
+    let (verdant, _shared, _probe) = verdant_tests::attached_with(&artifact, |b| b.strict(true));
     match verdant.reload_blocking(Some("nothing")) {
         Err(Error::NoMatch { filter, registered }) => {
             assert_eq!(filter, "nothing");

@@ -324,13 +324,7 @@ fn unmap_retired_unmaps_a_library_whose_code_ran_only_on_exited_threads() {
     // without thread-locals. Nothing pins it (BOUNDARY.md §4), so dlclose
     // really unmaps it and status() must say so.
     let artifact = Artifact::new("good-v1");
-    let verdant = Verdant::builder(FixtureContext::new())
-        .unmap_retired(true)
-        .add::<dyn Probe>("probe", artifact.path())
-        .build()
-        .unwrap();
-    verdant.attach().unwrap();
-    assert_eq!(verdant.handle::<dyn Probe>("probe").unwrap().get().unwrap().version(), 1);
+    let (verdant, _shared, _probe) = verdant_tests::attached_with(&artifact, |b| b.unmap_retired(true));
     artifact.install("good-v2");
     verdant.reload_blocking(None).unwrap();
     let unmapped = || {
