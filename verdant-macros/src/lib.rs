@@ -8,7 +8,10 @@ use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
-use syn::{parse_macro_input, FnArg, GenericParam, ItemTrait, ReturnType, TraitItem, TraitItemFn, TypeParamBound};
+use syn::{
+    parse_macro_input, FnArg, GenericArgument, GenericParam, ImplItem, Item, ItemImpl, ItemTrait, PathArguments,
+    ReturnType, TraitItem, TraitItemFn, Type, TypeParamBound,
+};
 
 /// See `verdant::interface`.
 #[proc_macro_attribute]
@@ -17,11 +20,40 @@ pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
         let attr = TokenStream2::from(attr);
         return syn::Error::new(attr.span(), "#[verdant::interface] takes no arguments").to_compile_error().into();
     }
-    let item = parse_macro_input!(item as ItemTrait);
-    match expand(&item) {
+    let item = parse_macro_input!(item as Item);
+    let expanded = match &item {
+        Item::Trait(item) => expand(item),
+        Item::Impl(item) => Ok(expand_impl(item)),
+        other => Err(syn::Error::new(
+            other.span(),
+            "#[verdant::interface] goes on the interface trait, or on an impl of it that has `async fn`s",
+        )),
+    };
+    match expanded {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
     }
+}
+
+/// On an impl: `async fn`s become boxed futures, as in the trait.
+fn expand_impl(item: &ItemImpl) -> TokenStream2 {
+    let has_async = item.items.iter().any(|i| matches!(i, ImplItem::Fn(f) if f.sig.asyncness.is_some()));
+    if has_async {
+        quote!(#[::verdant::__private::async_trait] #item)
+    } else {
+        quote!(#item)
+    }
+}
+
+/// How a method crosses the boundary.
+enum Kind {
+    /// A plain call.
+    Sync,
+    /// `async fn`: the library's future is polled under the guard.
+    Async,
+    /// Returns an `axum::Router`: the router is wrapped library-side and
+    /// served through a guarded service.
+    Router,
 }
 
 fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
@@ -34,6 +66,9 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
     let mut boundary_decls = Vec::new();
     let mut boundary_impls = Vec::new();
     let mut proxy_impls = Vec::new();
+    let mut proxy_fields = Vec::new();
+    let mut proxy_inits = Vec::new();
+    let mut any_async = false;
     for entry in &item.items {
         let method = match entry {
             TraitItem::Fn(method) => method,
@@ -46,7 +81,9 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             }
         };
         let arg_types = check_method(method)?;
+        let kind = kind_of(method)?;
         let name = &method.sig.ident;
+        let name_text = name.to_string();
         let generics = &method.sig.generics;
         let args: Vec<_> = (0..arg_types.len()).map(|i| format_ident!("__verdant_arg{}", i)).collect();
         let output = match &method.sig.output {
@@ -54,30 +91,108 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             ReturnType::Type(_, ty) => quote!(#ty),
         };
         let user_output = &method.sig.output;
-        boundary_decls.push(quote! {
-            fn #name #generics (&self, #(#args: #arg_types),*)
-                -> ::core::result::Result<#output, ::verdant::boundary::Panic>;
-        });
-        boundary_impls.push(quote! {
-            fn #name #generics (&self, #(#args: #arg_types),*)
-                -> ::core::result::Result<#output, ::verdant::boundary::Panic>
+        let deliver = quote! {
             {
-                ::verdant::boundary::catch(move || <__VerdantT as #trait_name>::#name(self, #(#args),*))
+                #[allow(unused_imports)]
+                use ::verdant::__private::{DeliverAsError as _, DeliverAsPanic as _};
+                (&::verdant::__private::Deliver::<#output>::new())
+                    .deliver(panic, self.__verdant_context.loadable(), #name_text)
             }
-        });
-        proxy_impls.push(quote! {
-            fn #name #generics (&self, #(#args: #arg_types),*) #user_output {
-                // SAFETY: `Interface::proxy`'s contract: the boundary object
-                // outlives this proxy.
-                let boundary: &(dyn #boundary) = unsafe { &*self.boundary };
-                match <dyn #boundary as #boundary>::#name(boundary, #(#args),*) {
-                    ::core::result::Result::Ok(value) => value,
-                    ::core::result::Result::Err(panic) => panic.resume(),
+        };
+        let boundary_ref = quote! {
+            // SAFETY: `Interface::proxy`'s contract: the boundary object
+            // outlives this proxy.
+            let boundary: &(dyn #boundary) = unsafe { &*self.__verdant_boundary };
+        };
+        match kind {
+            Kind::Sync => {
+                boundary_decls.push(quote! {
+                    fn #name #generics (&self, #(#args: #arg_types),*)
+                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>;
+                });
+                boundary_impls.push(quote! {
+                    fn #name #generics (&self, #(#args: #arg_types),*)
+                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>
+                    {
+                        ::verdant::boundary::call(move || <__VerdantT as #trait_name>::#name(self, #(#args),*))
+                    }
+                });
+                proxy_impls.push(quote! {
+                    fn #name #generics (&self, #(#args: #arg_types),*) #user_output {
+                        #boundary_ref
+                        match <dyn #boundary as #boundary>::#name(boundary, #(#args),*) {
+                            ::core::result::Result::Ok(value) => value,
+                            ::core::result::Result::Err(panic) => #deliver,
+                        }
+                    }
+                });
+            }
+            Kind::Async => {
+                any_async = true;
+                boundary_decls.push(quote! {
+                    async fn #name #generics (&self, #(#args: #arg_types),*)
+                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>;
+                });
+                boundary_impls.push(quote! {
+                    async fn #name #generics (&self, #(#args: #arg_types),*)
+                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>
+                    {
+                        ::verdant::boundary::guard_future(move || <__VerdantT as #trait_name>::#name(self, #(#args),*)).await
+                    }
+                });
+                proxy_impls.push(quote! {
+                    async fn #name #generics (&self, #(#args: #arg_types),*) #user_output {
+                        #boundary_ref
+                        match <dyn #boundary as #boundary>::#name(boundary, #(#args),*).await {
+                            ::core::result::Result::Ok(value) => value,
+                            ::core::result::Result::Err(panic) => #deliver,
+                        }
+                    }
+                });
+            }
+            Kind::Router => {
+                boundary_decls.push(quote! {
+                    fn #name #generics (&self, #(#args: #arg_types),*)
+                        -> ::core::result::Result<::verdant::axum::LibraryRouter, ::verdant::boundary::Panic>;
+                });
+                boundary_impls.push(quote! {
+                    fn #name #generics (&self, #(#args: #arg_types),*)
+                        -> ::core::result::Result<::verdant::axum::LibraryRouter, ::verdant::boundary::Panic>
+                    {
+                        ::verdant::boundary::call(move || {
+                            let router: ::verdant::axum::Router = <__VerdantT as #trait_name>::#name(self, #(#args),*);
+                            ::verdant::axum::LibraryRouter::new(router)
+                        })
+                    }
+                });
+                let build = quote! {
+                    #boundary_ref
+                    match <dyn #boundary as #boundary>::#name(boundary, #(#args),*) {
+                        ::core::result::Result::Ok(library) => library.into_router(&self.__verdant_context),
+                        ::core::result::Result::Err(panic) => #deliver,
+                    }
+                };
+                if args.is_empty() {
+                    // One router per version: built on first use, then cloned
+                    // (an `Arc` clone) for every request.
+                    let cache = format_ident!("__verdant_router_{}", name);
+                    proxy_fields.push(quote!(#cache: ::std::sync::OnceLock<::verdant::axum::Router>,));
+                    proxy_inits.push(quote!(#cache: ::std::sync::OnceLock::new(),));
+                    proxy_impls.push(quote! {
+                        fn #name #generics (&self) #user_output {
+                            self.#cache.get_or_init(|| { #build }).clone()
+                        }
+                    });
+                } else {
+                    proxy_impls.push(quote! {
+                        fn #name #generics (&self, #(#args: #arg_types),*) #user_output { #build }
+                    });
                 }
             }
-        });
+        }
     }
 
+    let async_attr = if any_async { quote!(#[::verdant::__private::async_trait]) } else { quote!() };
     let boundary_doc = format!(
         "Panic-guarded form of [`{trait_name}`] that crosses the library boundary \
          (generated by `#[verdant::interface]`)."
@@ -87,14 +202,17 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
          (generated by `#[verdant::interface]`)."
     );
     Ok(quote! {
+        #async_attr
         #item
 
         #[doc = #boundary_doc]
         #[doc(hidden)]
+        #async_attr
         #vis trait #boundary: ::core::marker::Send + ::core::marker::Sync {
             #(#boundary_decls)*
         }
 
+        #async_attr
         impl<__VerdantT: #trait_name> #boundary for __VerdantT {
             #(#boundary_impls)*
         }
@@ -102,7 +220,9 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
         #[doc = #proxy_doc]
         #[doc(hidden)]
         #vis struct #proxy {
-            boundary: *const (dyn #boundary + 'static),
+            __verdant_boundary: *const (dyn #boundary + 'static),
+            __verdant_context: ::verdant::ProxyContext,
+            #(#proxy_fields)*
         }
 
         // SAFETY: the boundary trait requires Send + Sync of the object the
@@ -111,20 +231,89 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
         // SAFETY: as above.
         unsafe impl ::core::marker::Sync for #proxy {}
 
+        #async_attr
         impl #trait_name for #proxy {
             #(#proxy_impls)*
         }
 
-        // SAFETY: the proxy calls only through the boundary trait, and the
-        // registry drops the proxy before the boundary object.
+        // SAFETY: the proxy calls only through the boundary trait; the
+        // registry drops the proxy before the boundary object; routers it
+        // hands out pin the version per request (`ProxyContext::pin`).
         unsafe impl ::verdant::Interface for dyn #trait_name {
             type Boundary = dyn #boundary;
 
-            unsafe fn proxy(boundary: *const (dyn #boundary + 'static)) -> ::std::boxed::Box<Self> {
-                ::std::boxed::Box::new(#proxy { boundary })
+            unsafe fn proxy(
+                boundary: *const (dyn #boundary + 'static),
+                context: ::verdant::ProxyContext,
+            ) -> ::std::boxed::Box<Self> {
+                ::std::boxed::Box::new(#proxy {
+                    __verdant_boundary: boundary,
+                    __verdant_context: context,
+                    #(#proxy_inits)*
+                })
             }
         }
     })
+}
+
+/// Whether `ty` names a router (a path ending in `Router`, without type
+/// arguments other than `()`).
+fn is_router(ty: &Type) -> bool {
+    let Type::Path(path) = ty else { return false };
+    let Some(last) = path.path.segments.last() else { return false };
+    if last.ident != "Router" {
+        return false;
+    }
+    match &last.arguments {
+        PathArguments::None => true,
+        PathArguments::AngleBracketed(args) => {
+            args.args.len() == 1
+                && matches!(args.args.first(), Some(GenericArgument::Type(Type::Tuple(t))) if t.elems.is_empty())
+        }
+        PathArguments::Parenthesized(_) => false,
+    }
+}
+
+/// Whether a router appears anywhere inside `ty` (an `Option<Router>`, a
+/// `Vec<Router>`): such a router would cross unguarded.
+fn mentions_router(ty: &Type) -> bool {
+    fn walk(tokens: TokenStream2) -> bool {
+        tokens.into_iter().any(|token| match token {
+            proc_macro2::TokenTree::Ident(ident) => ident == "Router",
+            proc_macro2::TokenTree::Group(group) => walk(group.stream()),
+            _ => false,
+        })
+    }
+    walk(quote!(#ty))
+}
+
+fn kind_of(method: &TraitItemFn) -> syn::Result<Kind> {
+    let output = match &method.sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => Some(&**ty),
+    };
+    let router = output.is_some_and(is_router);
+    if method.sig.asyncness.is_some() {
+        if output.is_some_and(mentions_router) {
+            return Err(syn::Error::new(
+                method.sig.output.span(),
+                "a method that returns a router must be a plain (not async) `fn ...(&self) -> axum::Router`",
+            ));
+        }
+        return Ok(Kind::Async);
+    }
+    if router {
+        return Ok(Kind::Router);
+    }
+    if output.is_some_and(mentions_router) {
+        return Err(syn::Error::new(
+            method.sig.output.span(),
+            "a router can only cross the library boundary as the whole return type \
+             (`-> axum::Router`), where verdant wraps it; inside another type it would \
+             reach the host unguarded",
+        ));
+    }
+    Ok(Kind::Sync)
 }
 
 fn check_trait(item: &ItemTrait) -> syn::Result<()> {
@@ -165,13 +354,6 @@ fn check_trait(item: &ItemTrait) -> syn::Result<()> {
 /// argument types (without the receiver).
 fn check_method(method: &TraitItemFn) -> syn::Result<Vec<syn::Type>> {
     let sig = &method.sig;
-    if sig.asyncness.is_some() {
-        return Err(syn::Error::new(
-            sig.asyncness.span(),
-            "async methods are not supported by #[verdant::interface] yet; return a value or \
-             use a blocking method",
-        ));
-    }
     if sig.unsafety.is_some() || sig.abi.is_some() || sig.variadic.is_some() {
         return Err(syn::Error::new(sig.span(), "a verdant interface method must be a plain safe fn"));
     }

@@ -66,10 +66,14 @@ enum Attempt {
 }
 
 /// Runs the attach entry point of `library` for interface `I`.
+///
+/// `keep_alive` is what the library may hold to stay mapped (see
+/// `AttachArgs::keep_alive`).
 pub(crate) fn attach<I: Interface + ?Sized>(
     library: &Arc<LoadedLibrary>,
     env: &AttachEnv,
     loadable: &str,
+    keep_alive: Arc<dyn Any + Send + Sync>,
 ) -> Result<Box<dyn Instance<I>>, LoadError> {
     let id = env.stuck.next_id.fetch_add(1, Ordering::Relaxed);
     let thread_name = format!("verdant-attach-{loadable}-{id}");
@@ -87,7 +91,8 @@ pub(crate) fn attach<I: Interface + ?Sized>(
             let args = AttachArgs {
                 context: Arc::as_ptr(&context).cast::<()>(),
                 runtime,
-                dispatch: tracing::dispatcher::get_default(|dispatch| dispatch.clone()),
+                logging: &crate::logging::HOST_LOGGING,
+                keep_alive,
             };
             let mut outcome = MaybeUninit::<AttachOutcome<I>>::uninit();
             // SAFETY: the fingerprints (checked before this step) show that

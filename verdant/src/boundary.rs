@@ -3,25 +3,39 @@
 //! A loadable links its own copy of `std`, so a panic raised in library code
 //! cannot be caught by the host: the host's `catch_unwind` sees a *foreign*
 //! exception and aborts the process (`../shared/design/BOUNDARY.md` §1). Every
-//! entry point into library code therefore runs through [`catch`], which is
-//! generic so that it is compiled into, and runs with the `std` of, the
-//! library that instantiates it. The panic becomes a [`Panic`] value that
-//! crosses the boundary as data; the host may turn it into an error, an HTTP
-//! 500, or — through [`Panic::resume`] — a panic of its own that host code can
-//! catch.
+//! entry point into library code therefore runs through [`catch`] (or, for a
+//! future, [`guard_future`]), which is generic so that it is compiled into,
+//! and runs with the `std` of, the library that instantiates it. The host
+//! reaches that code only through a vtable or function pointer the library
+//! made, never by calling the function itself (which would run the host's
+//! own copy). The panic becomes a [`Panic`] value that crosses the boundary
+//! as data; the host may turn it into an error, an HTTP 500, or — through
+//! [`Panic::resume`] — a panic of its own that host code can catch.
+//!
+//! The guards also enter the host's tokio runtime before they run library
+//! code (BOUNDARY.md §2, see `runtime.rs`), so timers, I/O and
+//! `tokio::spawn` work in methods, futures and response bodies.
 //!
 //! Entry points guarded here: the attach and detach hooks and the drop of the
-//! instance (through [`crate::export!`]), and every method of an interface
-//! (through [`crate::interface`]).
+//! instance (through [`crate::export!`]); every method of an interface and
+//! every poll and drop of a future an `async` method returned (through
+//! [`crate::interface`]); the router service, its response futures and
+//! response bodies (through [`crate::axum`]).
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
+use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Once;
+use std::task::{Context, Poll};
 
 /// A panic that happened inside a loadable library and was caught there.
 ///
-/// Only the message crosses the boundary; the payload itself is dropped by the
-/// library that raised it.
+/// Only the message and the source location cross the boundary; the payload
+/// itself is dropped by the library that raised it.
 ///
 /// ```
 /// let caught = verdant::boundary::catch(|| -> u32 { panic!("out of stock") });
@@ -30,6 +44,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Panic {
     message: String,
+    location: Option<String>,
 }
 
 impl Panic {
@@ -39,7 +54,7 @@ impl Panic {
     /// assert_eq!(verdant::boundary::Panic::new("boom").message(), "boom");
     /// ```
     pub fn new(message: impl Into<String>) -> Self {
-        Panic { message: message.into() }
+        Panic { message: message.into(), location: None }
     }
 
     /// The panic message (`"<non-string panic payload>"` when the payload was
@@ -51,6 +66,20 @@ impl Panic {
     /// ```
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// Where the library panicked (`file:line:column`), when known: the
+    /// location is recorded by a panic hook Verdant installs in each loaded
+    /// library, so it is `None` for panics caught outside one.
+    ///
+    /// ```
+    /// # let p = verdant::boundary::Panic::new("boom");
+    /// if let Some(at) = p.location() {
+    ///     println!("library panicked at {at}");
+    /// }
+    /// ```
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
     }
 
     /// Raises this library panic again as a panic of the *host*, which host
@@ -74,13 +103,17 @@ impl Panic {
         } else {
             "<non-string panic payload>".to_owned()
         };
-        Panic { message }
+        let location = LAST_LOCATION.with(|last| last.borrow_mut().take());
+        Panic { message, location }
     }
 }
 
 impl fmt::Display for Panic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "panicked: {}", self.message)
+        match &self.location {
+            Some(location) => write!(f, "panicked at {location}: {}", self.message),
+            None => write!(f, "panicked: {}", self.message),
+        }
     }
 }
 
@@ -103,6 +136,31 @@ impl fmt::Display for LibraryPanic {
     }
 }
 
+thread_local! {
+    /// The location of the last panic on this thread, written by the hook
+    /// [`install_location_hook`] sets and taken by [`catch`].
+    static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Makes this copy of `std` record where each panic happened, so that
+/// [`Panic::location`] can report it. Called by the attach entry point, once
+/// per library copy; the previous hook (by default: the message on stderr)
+/// still runs.
+pub(crate) fn install_location_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(location) = info.location() {
+                let text = format!("{}:{}:{}", location.file(), location.line(), location.column());
+                // `try_with`: a panic during thread teardown has no slot left.
+                let _ = LAST_LOCATION.try_with(|last| *last.borrow_mut() = Some(text));
+            }
+            previous(info);
+        }));
+    });
+}
+
 /// Runs `f`, turning a panic into a [`Panic`] value.
 ///
 /// Call this only from code compiled into the library (generic code
@@ -122,4 +180,123 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
         let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
         panic
     })
+}
+
+/// Runs `f` inside the host's runtime context and turns a panic into a
+/// [`Panic`]: the guard around every interface method. Library side only,
+/// like [`catch`].
+///
+/// ```
+/// assert_eq!(verdant::boundary::call(|| "served"), Ok("served"));
+/// ```
+#[inline]
+pub fn call<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
+    catch(|| {
+        let _runtime = crate::runtime::enter();
+        f()
+    })
+}
+
+/// A future made by a library, as the host receives it: every poll and the
+/// final drop run library code under [`guard_future`]'s guard, and a panic
+/// in any of them arrives as `Err(Panic)`.
+pub type BoundaryFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Panic>> + Send + 'a>>;
+
+/// Wraps the future `make` returns so that creating it, every poll of it and
+/// dropping it run inside the host's runtime context and under [`catch`].
+///
+/// Call it in library code (the generated boundary of an `async` interface
+/// method does); the host then polls the result through its vtable, so the
+/// guard runs with the library's `std`. After a panic the inner future is
+/// dropped (under the guard) and never polled again.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let future = verdant::boundary::guard_future(|| async { panic!("sold out") });
+/// let error: verdant::boundary::Panic = future.await.unwrap_err();
+/// assert_eq!(error.message(), "sold out");
+/// # });
+/// ```
+pub fn guard_future<'a, F>(make: impl FnOnce() -> F) -> BoundaryFuture<'a, F::Output>
+where
+    F: Future + Send + 'a,
+{
+    let state = match call(make) {
+        Ok(future) => State::Running(ManuallyDrop::new(future)),
+        Err(panic) => State::Failed(Some(panic)),
+    };
+    Box::pin(Guarded { state })
+}
+
+/// The future behind [`guard_future`].
+///
+/// Pinning: `Guarded` is `!Unpin` when `F` is; the inner future is never
+/// moved out of `state::Running`, only polled in place and dropped in place.
+struct Guarded<F> {
+    state: State<F>,
+}
+
+enum State<F> {
+    Running(ManuallyDrop<F>),
+    /// Creating or polling the future panicked; the inner future is gone.
+    Failed(Option<Panic>),
+    /// The inner future is gone (finished, or failed and reported).
+    Done,
+}
+
+impl<F: Future> Future for Guarded<F> {
+    type Output = Result<F::Output, Panic>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `state` is structurally pinned (see the type's docs): the
+        // inner future is only ever polled through this pinned reference and
+        // dropped in place by `finish`.
+        let this = unsafe { self.get_unchecked_mut() };
+        let polled = match &mut this.state {
+            State::Running(future) => {
+                // SAFETY: as above; `future` does not move while pinned.
+                let future = unsafe { Pin::new_unchecked(&mut **future) };
+                call(move || future.poll(cx))
+            }
+            State::Failed(panic) => {
+                let panic = panic.take().unwrap_or_else(|| Panic::new("polled again after it panicked"));
+                this.state = State::Done;
+                return Poll::Ready(Err(panic));
+            }
+            State::Done => return Poll::Ready(Err(Panic::new("polled again after it completed"))),
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => {
+                let dropped = this.finish();
+                Poll::Ready(dropped.map(|()| value))
+            }
+            Err(panic) => {
+                // A drop panic after a poll panic adds nothing to report.
+                let _ = this.finish();
+                Poll::Ready(Err(panic))
+            }
+        }
+    }
+}
+
+impl<F> Guarded<F> {
+    /// Drops the inner future in place (it is pinned: it must not move),
+    /// under the guard.
+    fn finish(&mut self) -> Result<(), Panic> {
+        let State::Running(future) = &mut self.state else { return Ok(()) };
+        // SAFETY: dropped in place exactly once: `state` becomes `Done`
+        // right after, and dropping a `ManuallyDrop` does nothing.
+        let dropped = call(|| unsafe { ManuallyDrop::drop(future) });
+        self.state = State::Done;
+        dropped
+    }
+}
+
+impl<F> Drop for Guarded<F> {
+    fn drop(&mut self) {
+        if let Err(panic) = self.finish() {
+            tracing::error!(panic = %panic, "a library future panicked while it was dropped; contained");
+        }
+    }
 }

@@ -88,7 +88,12 @@ impl Fingerprint {
 /// Every type that crosses the boundary for interface `I` and context
 /// `context`. Host and library both call this, so the lists line up by
 /// construction and differ only where the builds differ.
-pub fn fingerprints<I: Interface + ?Sized>(context: Fingerprint) -> [Fingerprint; 6] {
+///
+/// Besides the interface and the context, these are the types every loadable
+/// shares with its host whether or not its interface names them: the runtime
+/// handle and the tracing and `log` types (the logging shim), and the HTTP
+/// request, response and body types (routers, `crate::axum`).
+pub fn fingerprints<I: Interface + ?Sized>(context: Fingerprint) -> [Fingerprint; 9] {
     [
         Fingerprint::of::<I>("interface"),
         Fingerprint::of::<I::Boundary>("interface boundary"),
@@ -96,7 +101,16 @@ pub fn fingerprints<I: Interface + ?Sized>(context: Fingerprint) -> [Fingerprint
         Fingerprint::of::<dyn Instance<I>>("verdant instance ABI"),
         Fingerprint::of::<tokio::runtime::Handle>("tokio runtime handle"),
         Fingerprint::of::<tracing::Dispatch>("tracing dispatcher"),
+        Fingerprint::of::<log::Record<'static>>("log record"),
+        Fingerprint::of::<::axum::Router>("axum router"),
+        Fingerprint::of::<http_body_types::Response>("http response"),
     ]
+}
+
+/// Names for the HTTP types fingerprinted above.
+mod http_body_types {
+    /// A response as routers produce it.
+    pub type Response = ::axum::http::Response<::axum::body::Body>;
 }
 
 /// An attached instance, owned by the library that made it.
@@ -116,12 +130,17 @@ pub struct AttachArgs {
     /// `&C` of the registry's context type, erased; its type was checked by
     /// fingerprint before the call.
     pub context: *const (),
-    /// The host's tokio runtime, entered around the attach hook so that
-    /// library code sees a runtime (BOUNDARY.md §2).
+    /// The host's tokio runtime, entered around the attach hook and around
+    /// every later call, poll and task of the library (BOUNDARY.md §2).
     pub runtime: Option<tokio::runtime::Handle>,
-    /// The host's tracing dispatcher; the library installs it as its own
-    /// global default, since its `static`s are its own (BOUNDARY.md §7).
-    pub dispatch: tracing::Dispatch,
+    /// The host functions the library's logging shim forwards to
+    /// (`crate::logging`; the library's `static`s are its own, BOUNDARY.md §7).
+    pub logging: &'static crate::logging::HostLogging,
+    /// Keeps the library mapped while the library holds a clone (its tasks,
+    /// the routers it hands out). Its last drop hands the unmapping to the
+    /// registry's retirement thread, never to the thread that dropped it,
+    /// which may be running library code.
+    pub keep_alive: std::sync::Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// Why an attach entry point produced no instance.
@@ -156,6 +175,9 @@ pub struct Descriptor {
     pub use_host_allocator: fn(&'static crate::allocator::AllocatorTable),
     /// Writes the library's fingerprints (see [`fingerprints`]).
     pub fingerprints: fn(&mut dyn FnMut(Fingerprint)),
+    /// How many tasks the library started with `verdant::spawn` are still
+    /// running (`crate::task::running` of the library's copy).
+    pub tasks_running: fn() -> usize,
     /// Runs the attach hook; writes an `AttachOutcome<I>` to `out`.
     ///
     /// # Safety

@@ -14,7 +14,7 @@ use crate::error::LoadError;
 use crate::handle::Slot;
 use crate::interface::Interface;
 use crate::loader::LoadedLibrary;
-use crate::version::{DetachState, Retirement, Version, VersionMeta};
+use crate::version::{DetachState, LibraryKeepAlive, Retirement, Version, VersionMeta};
 
 /// A loadable as the registry keeps it.
 pub(crate) struct Entry {
@@ -121,8 +121,9 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
         env: &AttachEnv,
         retirement: &Retirement,
     ) -> Result<Box<dyn Prepared>, LoadError> {
-        let instance = attach::attach::<I>(&library, env, &self.slot.name)?;
-        let version = Arc::new(Version::new(instance, library, meta, retirement.clone()));
+        let keep_alive = Arc::new(LibraryKeepAlive::new(library.clone(), retirement.clone()));
+        let instance = attach::attach::<I>(&library, env, &self.slot.name, keep_alive.clone())?;
+        let version = Version::new(instance, library, keep_alive, meta, retirement.clone(), self.slot.name.clone());
         Ok(Box::new(PreparedVersion { slot: self.slot.clone(), version }))
     }
 

@@ -304,6 +304,45 @@ pub enum Error {
         /// The underlying I/O error.
         source: Arc<io::Error>,
     },
+    /// `verdant::axum::mount` of a loadable whose name cannot be a URL path
+    /// segment.
+    #[error("loadable `{name}` cannot be mounted at `/{name}/`: a mounted loadable's name may contain only A-Z, a-z, 0-9, `-`, `.`, `_` and `~`; add it under such a name")]
+    InvalidMountName {
+        /// The name.
+        name: String,
+    },
+    /// Library code panicked during a call (in the method, or in a poll of
+    /// the future an `async` method returned). The panic was contained in
+    /// the library; the version keeps serving other calls.
+    ///
+    /// Interface methods that return `Result<T, E>` deliver this error as
+    /// their `Err` whenever `E: From<verdant::Error>` (as `std::io::Error`,
+    /// `Box<dyn Error + Send + Sync>` and `anyhow::Error` are); other methods
+    /// re-raise the panic in the host, carrying a
+    /// [`LibraryPanic`](crate::boundary::LibraryPanic).
+    #[error(
+        "loadable `{loadable}` panicked in `{method}`{}: {message}; the panic was contained and the version keeps serving",
+        location.as_deref().map(|at| format!(" at {at}")).unwrap_or_default()
+    )]
+    Panicked {
+        /// The registered name of the loadable.
+        loadable: String,
+        /// The interface method that was called.
+        method: &'static str,
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic in the library's source, when
+        /// known.
+        location: Option<String>,
+    },
+}
+
+impl From<Error> for io::Error {
+    /// Lets interface methods that return `io::Result` receive
+    /// [`Error::Panicked`] as an error of kind `Other`.
+    fn from(error: Error) -> io::Error {
+        io::Error::other(error)
+    }
 }
 
 impl Error {

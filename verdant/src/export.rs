@@ -7,7 +7,6 @@
 //! method — runs under the library-side panic guard of [`crate::boundary`].
 
 use std::fmt;
-use std::sync::OnceLock;
 
 use crate::boundary::{catch, Panic};
 use crate::descriptor::{AttachArgs, AttachFailure, AttachOutcome, Fingerprint, Instance};
@@ -128,8 +127,8 @@ impl<L: Loadable> Instance<L::Interface> for Attached<L> {
         let mut this = self;
         // Detach and drop are guarded separately: a value dropped while a
         // detach panic unwinds would abort if its Drop panicked too.
-        let detached = catch(|| this.value.detach());
-        let dropped = catch(move || drop(this));
+        let detached = crate::boundary::call(|| this.value.detach());
+        let dropped = crate::boundary::call(move || drop(this));
         detached.and(dropped)
     }
 }
@@ -154,8 +153,13 @@ pub unsafe fn attach_entry<L: Loadable>(
     boundary: fn(&L) -> &<L::Interface as Interface>::Boundary,
 ) {
     let outcome: AttachOutcome<L::Interface> = match catch(|| {
-        install_host_dispatch(&args.dispatch);
-        let _runtime = args.runtime.as_ref().map(|runtime| runtime.enter());
+        crate::boundary::install_location_hook();
+        crate::logging::install(args.logging);
+        crate::runtime::install(crate::runtime::HostLink {
+            runtime: args.runtime.clone(),
+            keep_alive: std::sync::Arc::downgrade(&args.keep_alive),
+        });
+        let _runtime = crate::runtime::enter();
         // SAFETY: the loader checked that the context fingerprint equals
         // `L::Context`'s, and the host keeps the context alive for the call.
         let context = unsafe { &*args.context.cast::<L::Context>() };
@@ -168,22 +172,6 @@ pub unsafe fn attach_entry<L: Loadable>(
     // SAFETY: the caller passes a pointer to an uninitialised
     // `AttachOutcome<L::Interface>` (same type by fingerprint).
     unsafe { out.cast::<AttachOutcome<L::Interface>>().write(outcome) };
-}
-
-/// Makes the host's subscriber this library copy's global default, once.
-///
-/// The library has its own copy of tracing-core (BOUNDARY.md §7), whose
-/// callsites and max level start out disabled. `set_global_default` does not
-/// recompute them (a `Dispatch` registers itself when created, which
-/// happened in the host's copy), so the interest cache is rebuilt here;
-/// without it every event of the library would be dropped.
-fn install_host_dispatch(dispatch: &tracing::Dispatch) {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        // Fails only if the library installed a default of its own; keep it.
-        let _ = tracing::dispatcher::set_global_default(dispatch.clone());
-        tracing::callsite::rebuild_interest_cache();
-    });
 }
 
 /// Exports a [`Loadable`] type from a `cdylib` crate.
@@ -226,6 +214,7 @@ macro_rules! export {
                 use_host_allocator
             },
             fingerprints: $crate::export::write_fingerprints::<$loadable>,
+            tasks_running: $crate::task::running,
             attach: {
                 fn upcast(
                     value: &$loadable,

@@ -14,6 +14,10 @@
 //! A handle's guard dereferences to the proxy, so callers just write
 //! `shop.get()?.hello("you")`.
 
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Weak};
+
 /// A trait-object type that can cross the library boundary.
 ///
 /// Implemented for `dyn YourTrait` by the [`interface`](crate::interface)
@@ -24,7 +28,9 @@
 ///
 /// `proxy` must return a value that only calls into `boundary` through the
 /// `Self::Boundary` methods and never outlives the pointed-to object (the
-/// registry guarantees the latter by dropping the proxy first).
+/// registry guarantees the latter by dropping the proxy first). Anything the
+/// proxy hands out that may outlive it must hold a [`VersionPin`] or check
+/// one per use ([`ProxyContext::pin`]).
 ///
 /// ```
 /// #[verdant::interface]
@@ -45,5 +51,109 @@ pub unsafe trait Interface: Send + Sync + 'static {
     /// # Safety
     ///
     /// `boundary` must point to a live object that outlives the returned box.
-    unsafe fn proxy(boundary: *const Self::Boundary) -> Box<Self>;
+    unsafe fn proxy(boundary: *const Self::Boundary, context: ProxyContext) -> Box<Self>;
+}
+
+/// What a proxy knows about the version it belongs to: the loadable's name
+/// (for errors) and a way to pin the version for values that outlive a call.
+///
+/// Built by the registry, used by the code `#[verdant::interface]`
+/// generates.
+///
+/// ```
+/// fn describe(context: &verdant::ProxyContext) -> String {
+///     format!("loadable `{}`", context.loadable())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct ProxyContext {
+    name: Arc<str>,
+    version: Weak<dyn Any + Send + Sync>,
+    keep_alive: Arc<dyn Any + Send + Sync>,
+}
+
+impl ProxyContext {
+    pub(crate) fn new(
+        name: Arc<str>,
+        version: Weak<dyn Any + Send + Sync>,
+        keep_alive: Arc<dyn Any + Send + Sync>,
+    ) -> Self {
+        ProxyContext { name, version, keep_alive }
+    }
+
+    /// The registered name of the loadable.
+    ///
+    /// ```
+    /// # fn f(context: &verdant::ProxyContext) {
+    /// tracing::debug!(loadable = context.loadable(), "calling");
+    /// # }
+    /// ```
+    pub fn loadable(&self) -> &str {
+        &self.name
+    }
+
+    /// Pins the version, like a [`Pinned`](crate::Pinned) does: its detach
+    /// hook does not run while the pin lives. `None` once the version is
+    /// gone (it was replaced and every earlier pin was dropped).
+    ///
+    /// ```
+    /// # fn f(context: &verdant::ProxyContext) {
+    /// match context.pin() {
+    ///     Some(_pin) => { /* the version stays while `_pin` lives */ }
+    ///     None => { /* retired and detached: answer 503 */ }
+    /// }
+    /// # }
+    /// ```
+    pub fn pin(&self) -> Option<VersionPin> {
+        self.version.upgrade().map(VersionPin)
+    }
+
+    /// Keeps the version's library loaded (but not its instance attached)
+    /// for as long as the returned value lives: for values made by the
+    /// library that may be dropped after the version is gone.
+    ///
+    /// ```
+    /// # fn f(context: &verdant::ProxyContext) {
+    /// let _library = context.keep_library_loaded();
+    /// # }
+    /// ```
+    pub fn keep_library_loaded(&self) -> LibraryPin {
+        LibraryPin(self.keep_alive.clone())
+    }
+}
+
+impl fmt::Debug for ProxyContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyContext").field("loadable", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Keeps one version of a loadable from being detached while it lives; see
+/// [`ProxyContext::pin`].
+///
+/// ```
+/// fn hold(pin: verdant::VersionPin) -> impl Send + Sync + 'static { pin }
+/// ```
+#[derive(Clone)]
+pub struct VersionPin(#[allow(dead_code)] Arc<dyn Any + Send + Sync>);
+
+impl fmt::Debug for VersionPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VersionPin")
+    }
+}
+
+/// Keeps one version's library loaded while it lives; see
+/// [`ProxyContext::keep_library_loaded`].
+///
+/// ```
+/// fn hold(pin: verdant::LibraryPin) -> impl Send + Sync + 'static { pin }
+/// ```
+#[derive(Clone)]
+pub struct LibraryPin(#[allow(dead_code)] Arc<dyn Any + Send + Sync>);
+
+impl fmt::Debug for LibraryPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LibraryPin")
+    }
 }

@@ -58,8 +58,12 @@
 // this crate's own unit tests.
 extern crate self as verdant;
 
+#[doc(hidden)]
+#[path = "macro_support.rs"]
+pub mod __private;
 pub mod allocator;
 mod attach;
+pub mod axum;
 pub mod boundary;
 pub mod descriptor;
 mod elf;
@@ -70,11 +74,14 @@ mod filter;
 mod handle;
 mod interface;
 mod loader;
+mod logging;
 mod private_dir;
 mod registry;
 mod report;
+mod runtime;
 mod sigpipe;
 mod status;
+pub mod task;
 mod transaction;
 mod trigger;
 mod version;
@@ -87,11 +94,12 @@ pub use error::{Error, HandleError, LoadError, ReloadFailure, Step, StepError};
 pub use export::{AttachError, Loadable};
 pub use filter::{Filter, Select};
 pub use handle::{Handle, Pinned};
-pub use interface::Interface;
+pub use interface::{Interface, LibraryPin, ProxyContext, VersionPin};
 pub use registry::{Builder, Verdant, DEFAULT_ATTACH_TIMEOUT};
 pub use report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 pub use sigpipe::SigpipeStats;
 pub use status::{LoadableStatus, RetiredStatus, Status};
+pub use task::spawn;
 pub use version::DetachState;
 
 /// Makes a trait callable across the library boundary.

@@ -11,14 +11,15 @@
 //! - The detach never runs on the thread that dropped the last pin (often a
 //!   request): it is handed to one background thread per registry.
 
+use std::any::Any;
 use std::mem::ManuallyDrop;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Weak};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
 use crate::descriptor::Instance;
-use crate::interface::Interface;
+use crate::interface::{Interface, ProxyContext};
 use crate::loader::LoadedLibrary;
 use crate::report::VersionInfo;
 
@@ -64,10 +65,43 @@ impl Retirement {
         Ok(Retirement { jobs })
     }
 
-    fn submit(&self, job: Job) {
+    pub(crate) fn submit(&self, job: Job) {
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             // The thread is gone (process teardown): detach inline.
             job();
+        }
+    }
+}
+
+/// Keeps a library mapped for what the library itself holds or hands out:
+/// its `verdant::spawn` tasks and the routers it returns. The library gets
+/// only a `Weak` to it (see `runtime.rs`); the version and each task or
+/// router hold strong references.
+///
+/// The last reference may be dropped by a thread that is still running
+/// library code (a task ending on a worker thread). Unmapping the library
+/// there would pull the code out from under it, so the final drop of the
+/// library is handed to the retirement thread.
+pub(crate) struct LibraryKeepAlive {
+    library: Option<Arc<LoadedLibrary>>,
+    retirement: Retirement,
+}
+
+impl LibraryKeepAlive {
+    pub(crate) fn new(library: Arc<LoadedLibrary>, retirement: Retirement) -> Self {
+        LibraryKeepAlive { library: Some(library), retirement }
+    }
+}
+
+impl Drop for LibraryKeepAlive {
+    fn drop(&mut self) {
+        let Some(library) = self.library.take() else { return };
+        if Arc::strong_count(&library) > 1 {
+            // Someone else holds the library (the version, the transaction):
+            // this drop cannot be the one that unmaps it.
+            drop(library);
+        } else {
+            self.retirement.submit(Box::new(move || drop(library)));
         }
     }
 }
@@ -77,28 +111,39 @@ pub(crate) struct Version<I: Interface + ?Sized> {
     proxy: ManuallyDrop<Box<I>>,
     instance: ManuallyDrop<Box<dyn Instance<I>>>,
     library: ManuallyDrop<Arc<LoadedLibrary>>,
+    keep_alive: ManuallyDrop<Arc<LibraryKeepAlive>>,
     meta: Arc<VersionMeta>,
     retirement: Retirement,
 }
 
 impl<I: Interface + ?Sized> Version<I> {
+    /// Wraps an attached instance. The proxy gets a weak reference to the
+    /// version itself, so that what it hands out (a router, say) can pin the
+    /// version per request without keeping it alive forever.
     pub(crate) fn new(
         instance: Box<dyn Instance<I>>,
         library: Arc<LoadedLibrary>,
+        keep_alive: Arc<LibraryKeepAlive>,
         meta: Arc<VersionMeta>,
         retirement: Retirement,
-    ) -> Self {
-        let boundary: *const I::Boundary = instance.boundary();
-        // SAFETY: the boundary object lives inside `instance`, which this
-        // version drops only after the proxy (see Drop).
-        let proxy = unsafe { I::proxy(boundary) };
-        Version {
-            proxy: ManuallyDrop::new(proxy),
-            instance: ManuallyDrop::new(instance),
-            library: ManuallyDrop::new(library),
-            meta,
-            retirement,
-        }
+        name: Arc<str>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|version: &Weak<Version<I>>| {
+            let version: Weak<dyn Any + Send + Sync> = version.clone();
+            let context = ProxyContext::new(name, version, keep_alive.clone());
+            let boundary: *const I::Boundary = instance.boundary();
+            // SAFETY: the boundary object lives inside `instance`, which this
+            // version drops only after the proxy (see Drop).
+            let proxy = unsafe { I::proxy(boundary, context) };
+            Version {
+                proxy: ManuallyDrop::new(proxy),
+                instance: ManuallyDrop::new(instance),
+                library: ManuallyDrop::new(library),
+                keep_alive: ManuallyDrop::new(keep_alive),
+                meta,
+                retirement,
+            }
+        })
     }
 
     pub(crate) fn proxy(&self) -> &I {
@@ -114,9 +159,13 @@ impl<I: Interface + ?Sized> Drop for Version<I> {
     fn drop(&mut self) {
         // SAFETY: each field is taken exactly once, here, and never used
         // again; the proxy goes first because it points into the instance.
-        let (instance, library) = unsafe {
+        let (instance, library, keep_alive) = unsafe {
             ManuallyDrop::drop(&mut self.proxy);
-            (ManuallyDrop::take(&mut self.instance), ManuallyDrop::take(&mut self.library))
+            (
+                ManuallyDrop::take(&mut self.instance),
+                ManuallyDrop::take(&mut self.library),
+                ManuallyDrop::take(&mut self.keep_alive),
+            )
         };
         let meta = self.meta.clone();
         self.retirement.submit(Box::new(move || {
@@ -133,6 +182,7 @@ impl<I: Interface + ?Sized> Drop for Version<I> {
                 }
             };
             *meta.detach.lock() = state;
+            drop(keep_alive);
             drop(library);
         }));
     }

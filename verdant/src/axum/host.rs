@@ -1,0 +1,291 @@
+//! Host side of a router: serving a [`LibraryRouter`] and mounting a
+//! loadable's router per request.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use ::axum::body::Body;
+use ::axum::http::{Request, Response, StatusCode};
+use ::axum::Router;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use super::library::LibraryRouter;
+use crate::boundary::{BoundaryFuture, LibraryPanic};
+use crate::error::{Error, HandleError};
+use crate::handle::Handle;
+use crate::interface::{Interface, LibraryPin, ProxyContext, VersionPin};
+
+impl LibraryRouter {
+    /// Host side: an ordinary `axum::Router` that serves every request with
+    /// this library router. Each request pins the version `context` belongs
+    /// to until its response body is finished or dropped; once that version
+    /// is gone, the router answers 503 (ask the handle for the current one,
+    /// or serve through [`mount`], which does).
+    ///
+    /// The proxy that `#[verdant::interface]` generates calls this; you
+    /// normally never do.
+    ///
+    /// ```
+    /// fn serve(library: verdant::axum::LibraryRouter, context: &verdant::ProxyContext) -> axum::Router {
+    ///     library.into_router(context)
+    /// }
+    /// ```
+    pub fn into_router(self, context: &ProxyContext) -> Router {
+        let service = HostRouterService {
+            library: Arc::new(self),
+            context: context.clone(),
+            library_pin: context.keep_library_loaded(),
+        };
+        Router::new().fallback_service(service)
+    }
+}
+
+/// Serves requests with a library's router (see [`LibraryRouter::into_router`]).
+///
+/// Field order matters: the library router (whose drop is library code) is
+/// dropped before the pin that keeps the library loaded.
+#[derive(Clone)]
+struct HostRouterService {
+    library: Arc<LibraryRouter>,
+    context: ProxyContext,
+    library_pin: LibraryPin,
+}
+
+impl tower::Service<Request<Body>> for HostRouterService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = InFlight;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // A library router is always ready (axum routers are); readiness is
+        // checked library-side, under the guard, inside `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> InFlight {
+        let Some(version) = self.context.pin() else {
+            return InFlight::Answered(Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "loadable `{}`: this router belongs to a version that was replaced; serve through \
+                     verdant::axum::mount, which looks the current version up per request\n",
+                    self.context.loadable()
+                ),
+            )));
+        };
+        InFlight::Running {
+            future: self.library.service.call(request),
+            version: Some(version),
+            library: self.library_pin.clone(),
+            loadable: self.context.clone(),
+        }
+    }
+}
+
+/// The response future of [`HostRouterService`].
+///
+/// Field order matters: the library's future is dropped before the pins.
+enum InFlight {
+    Running {
+        future: BoundaryFuture<'static, Response<Body>>,
+        version: Option<VersionPin>,
+        library: LibraryPin,
+        loadable: ProxyContext,
+    },
+    Answered(Option<Response<Body>>),
+}
+
+impl Future for InFlight {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin`.
+        let this = self.get_mut();
+        let response = match this {
+            InFlight::Answered(response) => response
+                .take()
+                .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, "polled after completion\n".to_owned())),
+            InFlight::Running { future, version, library, loadable } => match future.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(response)) => response
+                    .map(|body| Body::new(PinnedBody { body, version: version.take(), _library: library.clone() })),
+                Poll::Ready(Err(panic)) => {
+                    tracing::error!(loadable = loadable.loadable(), panic = %panic, "a library request handler panicked; answered 500");
+                    internal_error(loadable.loadable())
+                }
+            },
+        };
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// A library's response body (already guarded library-side), holding its
+/// version pinned until the body ends or is dropped, and its library loaded
+/// until it is dropped.
+///
+/// Field order matters: the body (whose code is the library's) is dropped
+/// before the pins.
+struct PinnedBody {
+    body: Body,
+    version: Option<VersionPin>,
+    _library: LibraryPin,
+}
+
+impl HttpBody for PinnedBody {
+    type Data = Bytes;
+    type Error = ::axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ::axum::Error>>> {
+        // `Body` is `Unpin`, and so is this type.
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            // The body is finished: the version may retire now.
+            this.version = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        ::axum::http::header::CONTENT_TYPE,
+        ::axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The answer to a panic: a plain 500 that names the loadable but not the
+/// panic (the log has the message and the location).
+fn internal_error(loadable: &str) -> Response<Body> {
+    text(StatusCode::INTERNAL_SERVER_ERROR, format!("internal server error in loadable `{loadable}`\n"))
+}
+
+/// Mounts a loadable's router under `/<name>/`, where `<name>` is the name
+/// the loadable was added with.
+///
+/// Each request looks the serving version up through `handle` and asks it
+/// for its router with `router` (the generated proxy builds the router once
+/// per version and hands out cheap clones). So a reload takes effect on the
+/// next request, even on a keep-alive connection (axum clones a router per
+/// connection; this lookup is per request). The response pins its version
+/// until its body is finished or dropped.
+///
+/// Answers of its own: 503 while the loadable is not attached, 404 once it
+/// was revoked (its namespace is gone), 500 when the library panicked.
+/// Paths under the namespace that the library's router does not know get
+/// the library router's fallback (404 by default).
+///
+/// # Errors
+///
+/// [`Error::InvalidMountName`] when the loadable's name cannot be a path
+/// segment (it must be non-empty and contain only `A-Z a-z 0-9 - . _ ~`).
+///
+/// ```no_run
+/// # #[verdant::interface]
+/// # pub trait Shop: Send + Sync { fn router(&self) -> axum::Router; }
+/// # fn demo(verdant: verdant::Verdant) -> Result<(), verdant::Error> {
+/// let shop: verdant::Handle<dyn Shop> = verdant.handle("shop")?;
+/// let app = axum::Router::new()
+///     .merge(verdant::axum::mount(shop, |shop: &dyn Shop| shop.router())?);
+/// // GET /shop/hello is served by the library's `/hello` route.
+/// # let _ = app; Ok(()) }
+/// ```
+pub fn mount<I, F>(handle: Handle<I>, router: F) -> Result<Router, Error>
+where
+    I: Interface + ?Sized,
+    F: Fn(&I) -> Router + Clone + Send + Sync + 'static,
+{
+    let name = handle.name();
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
+    if name.is_empty() || !name.chars().all(valid) {
+        return Err(Error::InvalidMountName { name: name.to_owned() });
+    }
+    let path = format!("/{name}");
+    Ok(Router::new().nest_service(&path, Mount { handle, router }))
+}
+
+/// The per-request lookup behind [`mount`].
+struct Mount<I: Interface + ?Sized, F> {
+    handle: Handle<I>,
+    router: F,
+}
+
+impl<I: Interface + ?Sized, F: Clone> Clone for Mount<I, F> {
+    fn clone(&self) -> Self {
+        Mount { handle: self.handle.clone(), router: self.router.clone() }
+    }
+}
+
+impl<I, F> tower::Service<Request<Body>> for Mount<I, F>
+where
+    I: Interface + ?Sized,
+    F: Fn(&I) -> Router + Clone + Send + Sync + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let pinned = match self.handle.get() {
+            Ok(pinned) => pinned,
+            Err(error @ HandleError::Revoked { .. }) => {
+                return Box::pin(std::future::ready(Ok(text(StatusCode::NOT_FOUND, format!("{error}\n")))))
+            }
+            Err(error) => {
+                return Box::pin(std::future::ready(Ok(text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")))))
+            }
+        };
+        // A library panic while building the router reaches the host as a
+        // host panic (re-raised by the proxy): catch it here, with the
+        // host's std, which raised it.
+        let select = &self.router;
+        let router = match catch_unwind(AssertUnwindSafe(|| select(&pinned))) {
+            Ok(router) => router,
+            Err(payload) => {
+                let name = self.handle.name();
+                tracing::error!(loadable = name, panic = %panic_text(&*payload), "building the library's router panicked; answered 500");
+                return Box::pin(std::future::ready(Ok(internal_error(name))));
+            }
+        };
+        Box::pin(async move {
+            // The version this request was routed to stays pinned until the
+            // router has pinned it for the response (on its first poll).
+            let response = tower::ServiceExt::oneshot(router, request).await;
+            drop(pinned);
+            response
+        })
+    }
+}
+
+fn panic_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(library) = payload.downcast_ref::<LibraryPanic>() {
+        library.0.to_string()
+    } else if let Some(text) = payload.downcast_ref::<&'static str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "<non-string panic payload>".to_owned()
+    }
+}

@@ -1,0 +1,172 @@
+//! Background tasks for library code: [`spawn`], and cancelling them at
+//! detach with [`abort_all`].
+//!
+//! Plain `tokio::spawn` works in library code (methods and handlers run
+//! inside the host's runtime context), but the task it starts is polled by a
+//! host worker thread that never entered the *library's* copy of the tokio
+//! context: a task that touches a timer or tokio I/O panics with "there is
+//! no reactor running" (BOUNDARY.md §2). [`spawn`] wraps the task so that
+//! each poll enters the host's runtime, and ties it to its version:
+//!
+//! - the task keeps its version's library loaded while it runs (its code and
+//!   statics stay valid even after the version was replaced and detached);
+//! - it is listed in the version's task set, so the detach hook can cancel
+//!   every task the version started with [`abort_all`]. Tasks the detach
+//!   hook leaves alone run to completion: nothing they were doing is lost.
+//!
+//! A panic inside a task ends that task only; tokio's task harness, compiled
+//! into the library, catches it there and reports it to the task's
+//! `JoinHandle` as a `JoinError`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use tokio::task::{AbortHandle, JoinHandle};
+
+/// The tasks this library copy started that have not ended yet. Each copy of
+/// a library has its own (BOUNDARY.md §7), so this is per version.
+///
+/// The lock is never held while a task is spawned or aborted: tokio may drop
+/// a task right there, and its drop takes the lock. A task can therefore end
+/// before [`spawn`] records it; it then leaves an `Ended` mark that the
+/// recording consumes instead of inserting.
+static TASKS: Mutex<Option<HashMap<u64, Entry>>> = Mutex::new(None);
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+enum Entry {
+    Running(AbortHandle),
+    /// The task ended before `spawn` recorded it.
+    Ended,
+}
+
+fn with_tasks<R>(f: impl FnOnce(&mut HashMap<u64, Entry>) -> R) -> R {
+    // A poisoned lock only means a panic elsewhere while it was held; the
+    // map itself is always consistent.
+    let mut tasks = TASKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    f(tasks.get_or_insert_with(HashMap::new))
+}
+
+/// Spawns a background task from library code, on the host's runtime.
+///
+/// Unlike plain `tokio::spawn`, the task may use tokio timers and I/O, it
+/// keeps its version's library loaded while it runs, and the version's
+/// detach hook can cancel it with [`abort_all`]. In the host (outside a
+/// loaded library) it is `tokio::spawn` with bookkeeping.
+///
+/// # Panics
+///
+/// Like `tokio::spawn`, when there is no runtime: the registry was built
+/// outside a tokio runtime and without `Builder::runtime`, and the caller is
+/// not inside one either.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let task = verdant::spawn(async {
+///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+///     "refreshed"
+/// });
+/// assert_eq!(task.await.unwrap(), "refreshed");
+/// # }
+/// ```
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let task = Task { future, id, _keep_alive: crate::runtime::keep_alive() };
+    let handle = match crate::runtime::link().and_then(|link| link.runtime.as_ref()) {
+        Some(runtime) => runtime.spawn(task),
+        None => tokio::spawn(task),
+    };
+    let abort = handle.abort_handle();
+    with_tasks(|tasks| {
+        if let Some(Entry::Ended) = tasks.remove(&id) {
+            return;
+        }
+        tasks.insert(id, Entry::Running(abort));
+    });
+    handle
+}
+
+/// Cancels every task this library copy started with [`spawn`] that is
+/// still running, and returns how many there were. Meant for a detach hook:
+/// a background loop (a cache refresher, a poller) must stop when its
+/// version goes away, or it keeps running beside the next version.
+///
+/// A cancelled task stops at its next `.await`.
+///
+/// ```
+/// struct Refresher;
+/// impl Refresher {
+///     fn detach(&mut self) {
+///         let cancelled = verdant::task::abort_all();
+///         tracing::info!(cancelled, "background tasks stopped");
+///     }
+/// }
+/// ```
+pub fn abort_all() -> usize {
+    // Entries stay until each task's drop removes them: a cancelled task is
+    // still running until it reaches its next `.await`.
+    let running: Vec<AbortHandle> = with_tasks(|tasks| {
+        tasks
+            .values()
+            .filter_map(|entry| match entry {
+                Entry::Running(handle) => Some(handle.clone()),
+                Entry::Ended => None,
+            })
+            .collect()
+    });
+    for task in &running {
+        task.abort();
+    }
+    running.len()
+}
+
+/// How many tasks started with [`spawn`] by this library copy are still
+/// running.
+///
+/// ```
+/// assert_eq!(verdant::task::running(), 0);
+/// ```
+pub fn running() -> usize {
+    with_tasks(|tasks| tasks.values().filter(|entry| matches!(entry, Entry::Running(_))).count())
+}
+
+/// A task of [`spawn`]: enters the host runtime around each poll, and leaves
+/// the task set when it ends (completed, cancelled or panicked).
+///
+/// Pinning: `future` is structurally pinned; it is never moved.
+struct Task<F> {
+    future: F,
+    id: u64,
+    /// Dropped last (fields drop in declaration order): the library stays
+    /// loaded while the future's own drop runs.
+    _keep_alive: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl<F: Future> Future for Task<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `future` is structurally pinned (see the type's docs).
+        let future = unsafe { self.map_unchecked_mut(|task| &mut task.future) };
+        let _runtime = crate::runtime::enter();
+        future.poll(cx)
+    }
+}
+
+impl<F> Drop for Task<F> {
+    fn drop(&mut self) {
+        let id = self.id;
+        with_tasks(|tasks| {
+            if tasks.remove(&id).is_none() {
+                tasks.insert(id, Entry::Ended);
+            }
+        });
+    }
+}
