@@ -203,7 +203,7 @@ fn internal_error(loadable: &str) -> Response<Body> {
 /// # fn demo(verdant: verdant::Verdant) -> Result<(), verdant::Error> {
 /// let shop: verdant::Handle<dyn Shop> = verdant.handle("shop")?;
 /// let app = axum::Router::new()
-///     .merge(verdant::axum::mount(shop, |shop: &dyn Shop| shop.router())?);
+///     .merge(verdant::axum::mount(shop, |shop| shop.router())?);
 /// // GET /shop/hello is served by the library's `/hello` route.
 /// # let _ = app; Ok(()) }
 /// ```
