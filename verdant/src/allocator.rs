@@ -7,7 +7,7 @@
 //! the library, a panic message crosses as a `String` — so both sides must
 //! use one allocator. Hosts often set jemalloc or mimalloc.
 //!
-//! [`export!`](crate::export) therefore makes [`HostAllocator`] the library's
+//! [`export!`](crate::export!) therefore makes [`HostAllocator`] the library's
 //! global allocator. Until the host installs its table it allocates from the
 //! system allocator; the loader installs the table right after the
 //! descriptor header is checked, before any other library code runs (Rust
@@ -40,7 +40,7 @@ pub(crate) static HOST_TABLE: AllocatorTable = AllocatorTable {
     realloc: std::alloc::realloc,
 };
 
-/// The global allocator [`export!`](crate::export) gives every loadable.
+/// The global allocator [`export!`](crate::export!) gives every loadable.
 ///
 /// Outside a loaded library (an executable that happens to use `export!`,
 /// a doctest) it is the system allocator.

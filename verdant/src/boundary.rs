@@ -300,3 +300,97 @@ impl<F> Drop for Guarded<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// Counts its drops, and panics in `Drop` when asked.
+    struct Tracked {
+        drops: Arc<AtomicUsize>,
+        panic_on_drop: bool,
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+            if self.panic_on_drop {
+                panic!("drop exploded");
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_while_making_the_future_is_its_first_result() {
+        let mut future = guard_future(|| -> std::future::Ready<u32> { panic!("cannot start") });
+        match poll_once(future.as_mut()) {
+            Poll::Ready(Err(panic)) => assert_eq!(panic.message(), "cannot start"),
+            other => panic!("expected the panic, got {:?}", other.map(|r| r.map(|_| ()))),
+        }
+        assert!(matches!(poll_once(future.as_mut()), Poll::Ready(Err(_))), "a second poll is an error, not a hang");
+    }
+
+    #[test]
+    fn a_panic_in_a_poll_drops_the_inner_future_once_and_is_reported() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let tracked = Tracked { drops: drops.clone(), panic_on_drop: false };
+        let mut polls = 0;
+        let mut future = guard_future(move || {
+            std::future::poll_fn(move |_| {
+                let _keep = &tracked;
+                polls += 1;
+                if polls == 1 {
+                    Poll::<()>::Pending
+                } else {
+                    panic!("poll {polls} exploded")
+                }
+            })
+        });
+        assert!(poll_once(future.as_mut()).is_pending());
+        match poll_once(future.as_mut()) {
+            Poll::Ready(Err(panic)) => assert_eq!(panic.message(), "poll 2 exploded"),
+            other => panic!("expected the panic, got {:?}", other.map(|r| r.map(|_| ()))),
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the inner future is dropped right after it panicked");
+        drop(future);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "and never dropped twice");
+    }
+
+    #[test]
+    fn a_panic_while_dropping_the_inner_future_is_contained() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let tracked = Tracked { drops: drops.clone(), panic_on_drop: true };
+        let future = guard_future(move || async move {
+            let _keep = tracked;
+            std::future::pending::<()>().await;
+        });
+        let mut future = pin!(future);
+        assert!(poll_once(future.as_mut()).is_pending());
+        // Dropping the pending future runs `Tracked::drop`, which panics;
+        // the guard must contain it (the test would fail by unwinding).
+    }
+
+    #[test]
+    fn a_finished_future_yields_its_value() {
+        let mut future = guard_future(|| async { 7 });
+        assert_eq!(poll_once(future.as_mut()), Poll::Ready(Ok(7)));
+    }
+
+    #[test]
+    fn panics_carry_no_location_outside_a_loaded_library_and_display_it_inside() {
+        let plain = catch(|| panic!("plain")).unwrap_err();
+        assert_eq!(plain.to_string(), "panicked: plain");
+        let located = Panic { message: "boom".to_owned(), location: Some("src/lib.rs:3:5".to_owned()) };
+        assert_eq!(located.to_string(), "panicked at src/lib.rs:3:5: boom");
+    }
+}

@@ -10,7 +10,7 @@
 //!    descriptor ABI, the same `verdant` and the same rustc, and after the
 //!    [`Fingerprint`]s showed that every crossing type is the host's type.
 //!
-//! This module is public only so that [`export!`](crate::export) can expand
+//! This module is public only so that [`export!`](crate::export!) can expand
 //! in a library crate; it is not a stable API.
 
 use std::any::TypeId;

@@ -1,10 +1,13 @@
 //! The library side: what a loadable implements and exports.
 //!
 //! A loadable is a `cdylib` crate with one type implementing [`Loadable`] and
-//! one [`export!`](crate::export) line. The macro generates the
+//! one [`export!`](crate::export!) line. The macro generates the
 //! [descriptor](crate::descriptor) and the attach entry point; every call into
 //! the loadable's code — attach, detach, the final drop, and each interface
 //! method — runs under the library-side panic guard of [`crate::boundary`].
+//! The attach entry point also links the library copy to its host: the
+//! runtime its guards enter, the logging forwarders, the panic-location hook
+//! (`runtime.rs`, `logging.rs`).
 
 use std::fmt;
 
@@ -52,9 +55,15 @@ pub trait Loadable: Sized + Send + Sync + 'static {
     /// that takes longer fails the reload and is abandoned.
     fn attach(context: &Self::Context) -> Result<Self, AttachError>;
 
-    /// Releases what attach set up. Runs exactly once, after the last call
-    /// pinned to this instance returned, on a background thread. It must not
-    /// destroy anything a still-running task of this version needs.
+    /// Releases what attach set up. Runs exactly once, after the last call,
+    /// future and response pinned to this instance finished, on a
+    /// background thread inside the host's runtime context.
+    ///
+    /// Tasks this version started with [`crate::spawn`] may still be
+    /// running: they keep the library loaded and run to completion unless
+    /// this hook stops them with [`crate::task::abort_all`] (do that for
+    /// background loops). It must not destroy anything a task it lets run
+    /// still needs.
     fn detach(&mut self) {}
 }
 
@@ -142,7 +151,7 @@ pub fn write_fingerprints<L: Loadable>(sink: &mut dyn FnMut(Fingerprint)) {
     }
 }
 
-/// The attach entry point behind [`export!`](crate::export).
+/// The attach entry point behind [`export!`](crate::export!).
 ///
 /// # Safety
 /// See [`crate::descriptor::Descriptor::attach`].

@@ -67,3 +67,51 @@ pub fn panicked(panic: Panic, loadable: &str, method: &'static str) -> Error {
         location: panic.location().map(str::to_owned),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)]
+    use super::{Deliver, DeliverAsError as _, DeliverAsPanic as _};
+    use crate::boundary::{LibraryPanic, Panic};
+    use crate::Error;
+
+    #[derive(Debug)]
+    enum ShopError {
+        Verdant(Error),
+    }
+
+    impl From<Error> for ShopError {
+        fn from(error: Error) -> Self {
+            ShopError::Verdant(error)
+        }
+    }
+
+    #[test]
+    fn a_result_whose_error_holds_a_verdant_error_receives_the_panic() {
+        let result: Result<u32, ShopError> =
+            (&Deliver::<Result<u32, ShopError>>::new()).deliver(Panic::new("sold out"), "shop", "quote");
+        match result {
+            Err(ShopError::Verdant(Error::Panicked { loadable, method, message, .. })) => {
+                assert_eq!((loadable.as_str(), method, message.as_str()), ("shop", "quote", "sold out"));
+            }
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        let io: std::io::Result<()> = (&Deliver::<std::io::Result<()>>::new()).deliver(Panic::new("x"), "shop", "save");
+        assert!(io.unwrap_err().to_string().contains("loadable `shop` panicked in `save`"));
+    }
+
+    #[test]
+    fn other_return_types_re_raise_the_panic_in_the_host() {
+        let caught = std::panic::catch_unwind(|| -> u32 {
+            (&Deliver::<u32>::new()).deliver(Panic::new("no stock"), "shop", "count")
+        })
+        .unwrap_err();
+        assert_eq!(caught.downcast_ref::<LibraryPanic>().map(|p| p.0.message()), Some("no stock"));
+        // A Result whose error cannot hold a verdant::Error is "any other type".
+        let caught = std::panic::catch_unwind(|| -> Result<u32, String> {
+            (&Deliver::<Result<u32, String>>::new()).deliver(Panic::new("typed"), "shop", "name")
+        })
+        .unwrap_err();
+        assert!(caught.downcast_ref::<LibraryPanic>().is_some());
+    }
+}

@@ -170,3 +170,35 @@ impl<F> Drop for Task<F> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_are_counted_while_they_run_and_abort_all_stops_them() {
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let finite = spawn(async move {
+            let _ = wait.await;
+            "done"
+        });
+        let endless = spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert_eq!(running(), 2);
+        let _ = release.send(());
+        assert_eq!(finite.await.expect("finite task"), "done");
+        assert_eq!(abort_all(), 1, "only the endless task was still running");
+        assert!(endless.await.expect_err("aborted").is_cancelled());
+        assert_eq!(running(), 0, "every entry left the set");
+        // A task that ends before `spawn` records it leaves no entry behind.
+        for _ in 0..100 {
+            let _ = spawn(async {}).await;
+        }
+        assert_eq!(running(), 0);
+    }
+}
