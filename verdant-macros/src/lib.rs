@@ -95,8 +95,8 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             {
                 #[allow(unused_imports)]
                 use ::verdant::__private::{DeliverAsError as _, DeliverAsPanic as _};
-                (&::verdant::__private::Deliver::<#output>::new())
-                    .deliver(panic, self.__verdant_context.loadable(), #name_text)
+                let selector = &::verdant::__private::Deliver::<#output>::new();
+                selector.deliver(panic, self.__verdant_context.loadable(), #name_text)
             }
         };
         let boundary_ref = quote! {

@@ -17,9 +17,10 @@ use crate::error::Error;
 /// - [`DeliverAsPanic`]: any other `R` re-raises the panic in the host
 ///   ([`Panic::resume`]).
 ///
-/// The call site is `(&Deliver::<R>::new()).deliver(..)` with both traits in
-/// scope: method lookup tries `&Deliver<R>` (the error impl) before
-/// `&&Deliver<R>` (the panic impl), and skips an impl whose bounds fail.
+/// The call site is `let selector = &Deliver::<R>::new(); selector.deliver(..)`
+/// with both traits in scope: method lookup tries `&Deliver<R>` (the error
+/// impl) before `&&Deliver<R>` (the panic impl), and skips an impl whose
+/// bounds fail.
 pub struct Deliver<R>(PhantomData<fn() -> R>);
 
 impl<R> Deliver<R> {
@@ -88,28 +89,31 @@ mod tests {
 
     #[test]
     fn a_result_whose_error_holds_a_verdant_error_receives_the_panic() {
-        let result: Result<u32, ShopError> =
-            (&Deliver::<Result<u32, ShopError>>::new()).deliver(Panic::new("sold out"), "shop", "quote");
+        let selector = &Deliver::<Result<u32, ShopError>>::new();
+        let result: Result<u32, ShopError> = selector.deliver(Panic::new("sold out"), "shop", "quote");
         match result {
             Err(ShopError::Verdant(Error::Panicked { loadable, method, message, .. })) => {
                 assert_eq!((loadable.as_str(), method, message.as_str()), ("shop", "quote", "sold out"));
             }
             other => panic!("expected Panicked, got {other:?}"),
         }
-        let io: std::io::Result<()> = (&Deliver::<std::io::Result<()>>::new()).deliver(Panic::new("x"), "shop", "save");
+        let selector = &Deliver::<std::io::Result<()>>::new();
+        let io: std::io::Result<()> = selector.deliver(Panic::new("x"), "shop", "save");
         assert!(io.unwrap_err().to_string().contains("loadable `shop` panicked in `save`"));
     }
 
     #[test]
     fn other_return_types_re_raise_the_panic_in_the_host() {
         let caught = std::panic::catch_unwind(|| -> u32 {
-            (&Deliver::<u32>::new()).deliver(Panic::new("no stock"), "shop", "count")
+            let selector = &Deliver::<u32>::new();
+            selector.deliver(Panic::new("no stock"), "shop", "count")
         })
         .unwrap_err();
         assert_eq!(caught.downcast_ref::<LibraryPanic>().map(|p| p.0.message()), Some("no stock"));
         // A Result whose error cannot hold a verdant::Error is "any other type".
         let caught = std::panic::catch_unwind(|| -> Result<u32, String> {
-            (&Deliver::<Result<u32, String>>::new()).deliver(Panic::new("typed"), "shop", "name")
+            let selector = &Deliver::<Result<u32, String>>::new();
+            selector.deliver(Panic::new("typed"), "shop", "name")
         })
         .unwrap_err();
         assert!(caught.downcast_ref::<LibraryPanic>().is_some());
