@@ -12,9 +12,17 @@
 //!   through the host proxy and the library's panic guard.
 //! - `verdant_pinned_call`: a call on an already pinned version (the cost of
 //!   the proxy and guard alone).
+//! - `verdant_get_call_runtime`: the same, from a registry with a tokio
+//!   runtime: the library's guard enters that runtime around every call
+//!   (BOUNDARY.md §2), which clones the runtime handle.
+//! - `async/*`: an `async fn` of the interface that is ready at once, polled
+//!   once: a host-local `async_trait` object (`local_async`) against the
+//!   loaded library through the proxy, the library's future guard and the
+//!   runtime entry (`verdant_async`).
 //! - `two_threads/*`: the same per-call work on two threads at once, timed
 //!   for both; a design that writes a shared reference count per call
-//!   bounces that cache line between the cores.
+//!   bounces that cache line between the cores (`verdant_get_call_runtime`
+//!   shows what entering the runtime on every call costs there).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -22,9 +30,36 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use std::hint::black_box;
 
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
 use criterion::{criterion_group, criterion_main, Criterion};
+use fixture_api::edge::{Edge, EdgeContext};
 use fixture_api::{FixtureContext, Gate, Probe};
 use verdant::Verdant;
+
+/// The async baseline: the same boxed-future shape the interface uses,
+/// without a library behind it.
+#[verdant::__private::async_trait]
+trait LocalEcho: Send + Sync {
+    async fn echo(&self, x: u64) -> u64;
+}
+
+#[verdant::__private::async_trait]
+impl LocalEcho for Local {
+    async fn echo(&self, x: u64) -> u64 {
+        x
+    }
+}
+
+/// Polls a future that is ready at once.
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(value) => value,
+        Poll::Pending => unreachable!("the benchmarked futures are ready at once"),
+    }
+}
 
 struct Local;
 
@@ -60,6 +95,23 @@ fn loaded() -> (Verdant, verdant::Handle<dyn Probe>) {
     verdant.attach().expect("the release fixture attaches (run scripts/bench, which builds it)");
     let handle = verdant.handle::<dyn Probe>("probe").expect("handle");
     (verdant, handle)
+}
+
+/// The edge library from a registry that has a tokio runtime, so every call
+/// enters it.
+fn loaded_in_runtime(runtime: &tokio::runtime::Runtime) -> (Verdant, verdant::Handle<dyn Edge>) {
+    let verdant = Verdant::builder(EdgeContext::default())
+        .runtime(runtime.handle().clone())
+        .add::<dyn Edge>("edge", verdant_tests::fixture("edge-v1"))
+        .build()
+        .expect("registry");
+    verdant.attach().expect("the release fixture attaches (run scripts/bench, which builds it)");
+    let handle = verdant.handle::<dyn Edge>("edge").expect("handle");
+    (verdant, handle)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
 }
 
 /// Runs `work` `iters` times on each of two threads and returns the time
@@ -99,6 +151,20 @@ fn single_thread(c: &mut Criterion) {
     group.bench_function("verdant_get_call", |b| b.iter(|| black_box(&handle).get().map(|p| p.version())));
     let pinned = handle.get().expect("attached");
     group.bench_function("verdant_pinned_call", |b| b.iter(|| black_box(&pinned).version()));
+    let runtime = runtime();
+    let (_edge_verdant, edge) = loaded_in_runtime(&runtime);
+    group.bench_function("verdant_get_call_runtime", |b| b.iter(|| black_box(&edge).get().map(|p| p.version())));
+    group.finish();
+
+    let mut group = c.benchmark_group("async");
+    let local_echo: Arc<dyn LocalEcho> = Arc::new(Local);
+    group.bench_function("local_async", |b| b.iter(|| ready(black_box(&local_echo).echo(black_box(7)))));
+    group.bench_function("verdant_async", |b| {
+        b.iter(|| {
+            let pinned = black_box(&edge).get().expect("attached");
+            ready(pinned.echo(black_box(7)))
+        })
+    });
     group.finish();
 }
 
@@ -119,6 +185,15 @@ fn two_threads(c: &mut Criterion) {
         b.iter_custom(|iters| {
             on_two_threads(iters, || {
                 let _ = black_box(handle.get().map(|p| p.version()));
+            })
+        })
+    });
+    let runtime = runtime();
+    let (_edge_verdant, edge) = loaded_in_runtime(&runtime);
+    group.bench_function("verdant_get_call_runtime", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                let _ = black_box(edge.get().map(|p| p.version()));
             })
         })
     });

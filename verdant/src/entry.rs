@@ -122,6 +122,7 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
         retirement: &Retirement,
     ) -> Result<Box<dyn Prepared>, LoadError> {
         let keep_alive = Arc::new(LibraryKeepAlive::new(library.clone(), retirement.clone()));
+        let _ = meta.library.set(Arc::downgrade(&keep_alive));
         let instance = attach::attach::<I>(&library, env, &self.slot.name, keep_alive.clone())?;
         let version = Version::new(instance, library, keep_alive, meta, retirement.clone(), self.slot.name.clone());
         Ok(Box::new(PreparedVersion { slot: self.slot.clone(), version }))

@@ -443,6 +443,7 @@ impl Verdant {
                             version: retired.meta.info.clone(),
                             retired_at: *retired.meta.retired_at.lock(),
                             in_flight: retired.pins.strong_count(),
+                            tasks_running: retired.meta.tasks_running(),
                             detach: retired.meta.detach.lock().clone(),
                             mapped: mappings.bytes(&retired.meta.copy) > 0,
                             mapped_bytes: mappings.bytes(&retired.meta.copy),

@@ -67,8 +67,12 @@ pub struct RetiredStatus {
     pub version: VersionInfo,
     /// When it stopped serving.
     pub retired_at: Option<SystemTime>,
-    /// Calls or requests still pinned to it.
+    /// Calls, futures or responses still pinned to it.
     pub in_flight: usize,
+    /// Tasks it started with [`verdant::spawn`](crate::spawn) that are still
+    /// running; they keep its library loaded (and may outlive its detach,
+    /// unless the detach hook aborted them).
+    pub tasks_running: usize,
     /// Whether its detach hook ran.
     pub detach: DetachState,
     /// Whether its private copy is still mapped into the process (read from
@@ -107,8 +111,8 @@ impl fmt::Display for Status {
                 };
                 writeln!(
                     f,
-                    "    retired {}: {} in flight, detach {:?}, {mapping}",
-                    retired.version, retired.in_flight, retired.detach
+                    "    retired {}: {} in flight, {} tasks running, detach {:?}, {mapping}",
+                    retired.version, retired.in_flight, retired.tasks_running, retired.detach
                 )?;
             }
         }

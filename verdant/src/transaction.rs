@@ -181,6 +181,7 @@ fn load(
         copy,
         retired_at: Mutex::new(None),
         detach: Mutex::new(DetachState::Pending),
+        library: std::sync::OnceLock::new(),
     });
     let env = inner.attach_env();
     let prepared =

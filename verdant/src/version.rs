@@ -42,6 +42,17 @@ pub(crate) struct VersionMeta {
     pub copy: std::path::PathBuf,
     pub retired_at: Mutex<Option<SystemTime>>,
     pub detach: Mutex<DetachState>,
+    /// The version's library while anything keeps it loaded (set once
+    /// attached): for the count of its running tasks.
+    pub library: std::sync::OnceLock<Weak<LibraryKeepAlive>>,
+}
+
+impl VersionMeta {
+    /// How many `verdant::spawn` tasks of this version are still running
+    /// (0 once its library is no longer loaded).
+    pub(crate) fn tasks_running(&self) -> usize {
+        self.library.get().and_then(Weak::upgrade).map_or(0, |library| library.tasks_running())
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -90,6 +101,19 @@ pub(crate) struct LibraryKeepAlive {
 impl LibraryKeepAlive {
     pub(crate) fn new(library: Arc<LoadedLibrary>, retirement: Retirement) -> Self {
         LibraryKeepAlive { library: Some(library), retirement }
+    }
+
+    /// `verdant::task::running()` of the library's own copy (verdant's
+    /// code, which cannot panic: it only reads a map under a lock whose
+    /// poisoning it ignores).
+    fn tasks_running(&self) -> usize {
+        self.library.as_ref().map_or(0, |library| (library.descriptor().tasks_running)())
+    }
+}
+
+impl std::fmt::Debug for LibraryKeepAlive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibraryKeepAlive").finish_non_exhaustive()
     }
 }
 
