@@ -11,6 +11,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use fixture_api::edge::{Edge, EdgeContext};
+use verdant::Verdant;
 use verdant_tests::{attached, Artifact};
 
 const MAGIC: u64 = 0x7665_7264_616e_7421; // "verdant!"
@@ -99,5 +101,31 @@ fn values_allocated_on_either_side_are_freed_by_the_same_allocator() {
     let report = verdant.reload_blocking(None).unwrap();
     drop(report);
     assert_eq!(probe.get().unwrap().describe(), "fixture version 2 instance 2");
+    verdant.revoke();
+}
+
+#[test]
+fn a_vec_of_strings_made_by_the_library_comes_from_the_hosts_allocator() {
+    let artifact = Artifact::new("edge-v1");
+    let verdant =
+        Verdant::builder(EdgeContext::default()).add::<dyn Edge>("edge", artifact.path()).build().expect("build");
+    verdant.attach().expect("attach edge-v1");
+    let edge = verdant.handle::<dyn Edge>("edge").expect("handle");
+    let pinned = edge.get().unwrap();
+
+    // A sync method runs on this thread, so this thread's count sees every
+    // allocation the library makes through the host's allocator.
+    let before = allocations_here();
+    let strings = pinned.allocate(100);
+    let made = allocations_here() - before;
+    assert!(made >= 101, "100 strings and their vector came from the host's allocator, but it saw {made} allocations");
+    assert_eq!(strings.len(), 100);
+    assert_eq!(strings[0], "string 0 from edge 1");
+    assert_eq!(strings[99], "string 99 from edge 1");
+
+    // The host frees all 101 blocks; a block from another allocator would
+    // fail the header check and abort the process.
+    drop(strings);
+    drop(pinned);
     verdant.revoke();
 }
