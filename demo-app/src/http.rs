@@ -1,131 +1,87 @@
-//! The HTTP face of the demo: routes, error mapping and the panic layer.
+//! The HTTP face of the demo: the shop library's router mounted under
+//! `/shop/`, the registry's status, a 404 fallback and the panic layer.
 
 use std::any::Any;
-use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use shop_api::{Shop, ShopError};
+use shop_api::Shop;
 use tower_http::catch_panic::CatchPanicLayer;
 use verdant::boundary::LibraryPanic;
-use verdant::{Handle, HandleError, Verdant};
+use verdant::{Handle, Verdant};
 
-/// What every handler can reach.
+/// What the service serves.
 #[derive(Clone)]
 pub struct AppState {
-    /// The shop loadable; each request pins the version serving when it starts.
+    /// The shop loadable; each request under `/shop/` pins the version
+    /// serving when it starts, until its response body is done.
     pub shop: Handle<dyn Shop>,
     /// The registry, for `/verdant/status`.
     pub verdant: Verdant,
 }
 
-/// The demo's routes, with a 404 fallback and library panics turned into 500.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/shop/hello", get(hello))
-        .route("/shop/quote/{sku}", get(quote))
-        .route("/verdant/status", get(status))
-        .fallback(not_found)
-        .with_state(state)
-        .layer(CatchPanicLayer::custom(panic_response))
+/// The demo's routes: `/shop/...` served by the shop library's own router
+/// (looked up per request, so a reload takes effect on the next request),
+/// `/verdant/status`, a 404 fallback, and host panics turned into 500.
+///
+/// [`verdant::axum::mount`] answers for the shop namespace itself: 503 while
+/// no version is attached, 500 when library code panics (contained in the
+/// library), and the library router's own 404 for paths it does not know.
+///
+/// # Errors
+///
+/// Only if the loadable's name cannot be a path segment
+/// ([`verdant::Error::InvalidMountName`]); the demo's `shop` always can.
+pub fn router(state: AppState) -> Result<Router, verdant::Error> {
+    let shop =
+        verdant::axum::mount(state.shop, |shop| shop.router())?.layer(axum::middleware::map_response(stamp_generation));
+    Ok(app(shop, state.verdant))
 }
 
-/// An error answer: a status and a one-line text body.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+/// Adds `x-verdant-generation` (the reload generation of the version that
+/// answered) to every answer the shop library gave. The host stamps it from
+/// the response's [`verdant::axum::Served`] extension, which mount sets.
+async fn stamp_generation(mut response: Response) -> Response {
+    if let Some(served) = response.extensions().get::<verdant::axum::Served>() {
+        let generation = HeaderValue::from(served.generation);
+        response.headers_mut().insert("x-verdant-generation", generation);
     }
-}
-
-impl From<HandleError> for ApiError {
-    /// No serving version (not attached yet, or the registry was revoked):
-    /// the service is up but cannot answer for this namespace.
-    fn from(error: HandleError) -> Self {
-        tracing::warn!(%error, "no serving shop version");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
-    }
-}
-
-impl From<ShopError> for ApiError {
-    fn from(error: ShopError) -> Self {
-        let status = match error {
-            ShopError::UnknownSku { .. } => StatusCode::NOT_FOUND,
-            ShopError::InvalidQuantity { .. } => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, error.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, format!("{}\n", self.message)).into_response()
-    }
-}
-
-/// A text answer that says which library version produced it.
-fn served(text: String, package_version: &str, generation: u64) -> Response {
-    let mut response = format!("{text}\n").into_response();
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(package_version) {
-        headers.insert("x-shop-lib-version", value);
-    }
-    headers.insert("x-verdant-generation", HeaderValue::from(generation));
     response
 }
 
-/// `GET /shop/hello?who=NAME`: the library's greeting (default `who=you`).
-async fn hello(
-    State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let who = params.get("who").map_or("you", String::as_str);
-    let shop = state.shop.get()?;
-    let greeting = shop.hello(who);
-    Ok(served(greeting, shop.package_version(), shop.generation()))
-}
-
-/// `GET /shop/quote/{sku}?qty=N`: a price quote as text (default `qty=1`).
-/// `sku=boom` makes the library panic, which answers 500.
-async fn quote(
-    State(state): State<AppState>,
-    Path(sku): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let qty = match params.get("qty") {
-        None => 1,
-        Some(raw) => raw.parse::<u32>().map_err(|error| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("qty must be a whole number of units, not `{raw}`: {error}"))
-        })?,
-    };
-    let shop = state.shop.get()?;
-    let quote = shop.quote(&sku, qty)?;
-    Ok(served(quote.to_string(), shop.package_version(), shop.generation()))
+/// Puts the host's own routes, the fallback and the panic layer around
+/// `shop`, the router that serves `/shop/...`.
+fn app(shop: Router, verdant: Verdant) -> Router {
+    Router::new()
+        .route("/verdant/status", get(status))
+        .with_state(verdant)
+        .merge(shop)
+        .fallback(not_found)
+        // Library panics never get here (the library's guard contains them
+        // and mount answers 500); this catches panics of host code.
+        .layer(CatchPanicLayer::custom(panic_response))
 }
 
 /// `GET /verdant/status`: the registry's status report as text (serving and
 /// retired versions, reload generation, SIGPIPE counters).
-async fn status(State(state): State<AppState>) -> String {
-    state.verdant.status().to_string()
+async fn status(State(verdant): State<Verdant>) -> String {
+    verdant.status().to_string()
 }
 
-/// Every other path.
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
+/// Every path outside `/shop/` and `/verdant/status`.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    (
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {method} {}; try GET /shop/hello?who=NAME, /shop/quote/{{sku}}?qty=N or /verdant/status",
+            "no route for {method} {}; try GET /shop/hello?who=NAME, /shop/quote/{{sku}}?qty=N, /shop/catalog \
+             or /verdant/status\n",
             uri.path()
         ),
     )
+        .into_response()
 }
 
 /// The message of a panic payload: a library panic re-raised by Verdant, or
@@ -142,7 +98,7 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// `CatchPanicLayer`'s answer to a panic in a handler. The panic hook
+/// `CatchPanicLayer`'s answer to a panic in a host handler. The panic hook
 /// installed in `main` has already logged it.
 fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     let message = panic_message(&*payload);
@@ -151,20 +107,25 @@ fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
-    /// Serves the router on a free local port with a registry whose shop is
-    /// registered but never attached.
-    async fn serve_unattached() -> std::net::SocketAddr {
+    /// A registry whose shop is registered but never attached.
+    fn unattached() -> AppState {
         let context = shop_api::ShopContext { shop_name: "test".to_owned(), currency: "EUR".to_owned() };
         let verdant =
             Verdant::builder(context).add::<dyn Shop>("shop", "/nonexistent/libshop_lib.so").build().expect("registry");
         let shop = verdant.handle::<dyn Shop>("shop").expect("handle");
+        AppState { shop, verdant }
+    }
+
+    /// Serves `app` on a free local port.
+    async fn serve(app: Router) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(async move { axum::serve(listener, router(AppState { shop, verdant })).await });
+        tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     }
 
@@ -179,18 +140,42 @@ mod tests {
 
     #[tokio::test]
     async fn no_serving_version_is_503_and_unknown_paths_404() {
-        let addr = serve_unattached().await;
-        let hello = raw_get(addr, "/shop/hello").await;
-        assert!(hello.starts_with("HTTP/1.1 503"), "{hello}");
-        assert!(hello.contains("not attached"), "{hello}");
-        let quote = raw_get(addr, "/shop/quote/coffee?qty=2").await;
-        assert!(quote.starts_with("HTTP/1.1 503"), "{quote}");
-        let bad_qty = raw_get(addr, "/shop/quote/coffee?qty=-1").await;
-        assert!(bad_qty.starts_with("HTTP/1.1 400"), "{bad_qty}");
+        let addr = serve(router(unattached()).expect("mount the shop")).await;
+        for path in ["/shop/hello", "/shop/quote/coffee?qty=2", "/shop/quote/coffee?qty=-1", "/shop", "/shop/nowhere"] {
+            let answer = raw_get(addr, path).await;
+            assert!(answer.starts_with("HTTP/1.1 503"), "GET {path}: {answer}");
+            assert!(answer.contains("loadable `shop` is not attached"), "GET {path}: {answer}");
+        }
         let nowhere = raw_get(addr, "/nowhere").await;
         assert!(nowhere.starts_with("HTTP/1.1 404") && nowhere.contains("no route for GET /nowhere"), "{nowhere}");
+        assert!(nowhere.contains("/shop/hello?who=NAME"), "the 404 names the routes: {nowhere}");
+        let shopping = raw_get(addr, "/shopping").await;
+        assert!(shopping.starts_with("HTTP/1.1 404"), "only /shop/ is the shop's: {shopping}");
         let status = raw_get(addr, "/verdant/status").await;
         assert!(status.starts_with("HTTP/1.1 200") && status.contains("not attached"), "{status}");
+    }
+
+    #[tokio::test]
+    async fn the_shop_namespace_goes_to_the_shop_router_and_host_panics_answer_500() {
+        // Stands in for what `verdant::axum::mount` returns: a router that
+        // serves everything under `/shop`.
+        let shop = Router::new()
+            .route("/shop/hello", get(|| async { "hello from the shop\n" }))
+            .route("/shop/host-panic", get(|| async { host_panic() }));
+        let addr = serve(app(shop, unattached().verdant)).await;
+        let hello = raw_get(addr, "/shop/hello").await;
+        assert!(hello.starts_with("HTTP/1.1 200") && hello.ends_with("hello from the shop\n"), "{hello}");
+        let panicked = raw_get(addr, "/shop/host-panic").await;
+        assert!(panicked.starts_with("HTTP/1.1 500"), "{panicked}");
+        assert!(panicked.contains("internal server error: the host panicked: a host handler failed"), "{panicked}");
+        let after = raw_get(addr, "/shop/hello").await;
+        assert!(after.starts_with("HTTP/1.1 200"), "the service keeps serving after a panic: {after}");
+        let status = raw_get(addr, "/verdant/status").await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+
+    fn host_panic() -> &'static str {
+        panic!("a host handler failed")
     }
 
     #[test]

@@ -4,20 +4,30 @@
 //!
 //! - **Loading.** The shop logic is not compiled into this binary. It lives in
 //!   the `shop-lib` `cdylib`, behind the `shop_api::Shop` interface; a
-//!   [`verdant::Verdant`] registry loads it at start-up and every request
-//!   calls it through a [`verdant::Handle`].
+//!   [`verdant::Verdant`] registry loads it at start-up and the service
+//!   reaches it through a [`verdant::Handle`].
+//! - **A library's own HTTP face.** `Shop::router` returns the shop's axum
+//!   routes (`/hello`, `/quote/{sku}`, `/catalog`), written in the library
+//!   with ordinary async handlers, tokio timers and a streaming body. The
+//!   host serves them under `/shop/` with [`verdant::axum::mount`], which
+//!   looks the serving version up per request.
 //! - **Reloading without a restart.** After a rebuild, `kill -PIPE <pid>`
 //!   (what `scripts/reload` does) makes Verdant load the new library next to
-//!   the old one, attach it, and swap it in; requests already running finish
-//!   on the version they started with. `GET /shop/hello` names the library
-//!   version that answered, so the swap is visible with `curl`, and
-//!   `GET /verdant/status` shows the generation and the retired versions.
-//!   A SIGPIPE this process raises itself (a broken pipe) is ignored.
+//!   the old one, attach it, and swap it in; requests already running
+//!   (a `/shop/catalog` still streaming, say) finish on the version they
+//!   started with. `GET /shop/hello` names the library version that
+//!   answered, as does the `x-shop-lib-version` header of every answer the
+//!   library makes, so the swap is visible with `curl`; `GET /verdant/status`
+//!   shows the generation and the retired versions. A SIGPIPE this process
+//!   raises itself (a broken pipe) is ignored.
 //! - **Containment.** A panic in library code (`GET /shop/quote/boom`) is
-//!   caught inside the library, re-raised here as a host panic carrying a
-//!   [`verdant::boundary::LibraryPanic`], and answered 500 by
-//!   `tower_http::catch_panic::CatchPanicLayer`; the process keeps serving.
-//!   No serving version answers 503, an unknown path 404.
+//!   caught inside the library and answered 500; the process keeps serving.
+//!   A host calling `Shop::quote` directly would get
+//!   `Err(ShopError::Verdant(verdant::Error::Panicked { .. }))` instead.
+//!   While no version is attached `/shop/...` answers 503; paths the shop
+//!   does not know answer 404 from the library, other paths from the host.
+//!   Panics of host code are answered 500 by
+//!   `tower_http::catch_panic::CatchPanicLayer`.
 //!
 //! Run it with `scripts/demo` (which builds host and library in one cargo
 //! invocation, as Verdant requires) and see `demo-app --help`.
@@ -80,14 +90,17 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
-/// Logs library panics as one structured line instead of the default
-/// hook's `Box<dyn Any>`; other panics keep the default report.
+/// Logs library panics that Verdant re-raises in the host (from an interface
+/// method that cannot return an error, or while building the shop's router)
+/// as one structured line instead of the default hook's `Box<dyn Any>`;
+/// other panics keep the default report. Panics inside the shop's request
+/// handlers never reach this hook: the library's guard contains them.
 fn install_panic_hook() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if info.payload().downcast_ref::<verdant::boundary::LibraryPanic>().is_some() {
             let location = info.location().map(ToString::to_string).unwrap_or_default();
-            tracing::error!(%location, "{}; answering 500", http::panic_message(info.payload()));
+            tracing::error!(%location, "{}", http::panic_message(info.payload()));
         } else {
             default_hook(info);
         }
@@ -99,6 +112,7 @@ async fn run(args: Args) -> Result<(), String> {
     let verdant =
         Verdant::builder(context).add::<dyn Shop>("shop", &args.library).build().map_err(|error| error.to_string())?;
     let shop = verdant.handle::<dyn Shop>("shop").map_err(|error| error.to_string())?;
+    let app = http::router(http::AppState { shop, verdant: verdant.clone() }).map_err(|error| error.to_string())?;
 
     // Attach runs the library's attach hook (under a time limit, on its own
     // thread); keep it off the async worker threads.
@@ -125,7 +139,6 @@ async fn run(args: Args) -> Result<(), String> {
         "serving; rebuild and reload with scripts/reload, or `kill -PIPE {pid}` after a rebuild"
     );
 
-    let app = http::router(http::AppState { shop, verdant: verdant.clone() });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

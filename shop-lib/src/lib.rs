@@ -6,44 +6,94 @@
 //! [`ShopContext`] in its attach hook, so a new version starts from the same
 //! context as the old one.
 //!
+//! It serves the [`Shop`] interface three ways: a plain method (`hello`), an
+//! `async` one that awaits a tokio timer (`quote`), and the shop's own HTTP
+//! routes (`router`), which the host mounts under `/shop/`:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the list of these routes |
+//! | `GET /hello?who=NAME` | the greeting (`who` defaults to `you`) |
+//! | `GET /quote/{sku}?qty=N` | the quote as text (`qty` defaults to 1); 404 for an unknown article, 400 for a bad quantity; the article `boom` panics inside the library, which Verdant answers with a 500 |
+//! | `GET /catalog?delay_ms=D` | the price list, streamed one line per article, `D` ms apart (default 100) on a tokio timer |
+//!
+//! Every answer the library makes carries the header `x-shop-lib-version`
+//! with this crate's package version (a 500 for a panic is made by Verdant,
+//! not the library, and has none). Unknown paths get a 404 that lists the
+//! routes.
+//!
 //! To see a reload, change something here (or just the `version` in this
 //! crate's `Cargo.toml`), run `scripts/reload`, and ask `/shop/hello` again:
-//! the greeting names the library version that served it.
+//! the greeting and the header name the library version that served it.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body::Frame;
 use shop_api::{Quote, Shop, ShopContext, ShopError};
 use verdant::{AttachError, Loadable};
 
-/// This library's package version, as the greeting reports it.
+/// This library's package version, as the greeting and the
+/// `x-shop-lib-version` header report it.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The header every answer of the library carries.
+const VERSION_HEADER: &str = "x-shop-lib-version";
 
 /// The price list: article and unit price in cents.
 const PRICES: &[(&str, u64)] = &[("coffee", 420), ("tea", 350), ("croissant", 180), ("baguette", 130)];
 
 /// The article that makes `quote` panic, to show a library panic becoming an
-/// HTTP 500 instead of taking the process down.
+/// error (`ShopError::Verdant`) or an HTTP 500 instead of taking the process
+/// down.
 const BOOM: &str = "boom";
 
-/// The shop, version 1: greets and quotes from a fixed price list.
-#[derive(Debug)]
+/// The pause between two lines of `/catalog` unless `delay_ms` says otherwise.
+const CATALOG_DELAY: Duration = Duration::from_millis(100);
+
+/// The longest pause `/catalog?delay_ms=` may ask for.
+const CATALOG_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// What the routes list in the index and in 404 answers.
+const ROUTES: &str = "GET /hello?who=NAME, GET /quote/{sku}?qty=N, GET /catalog?delay_ms=D";
+
+/// The shop, version 1: greets, quotes from a fixed price list, and serves
+/// both over HTTP.
+#[derive(Debug, Clone)]
 pub struct ShopV1 {
     shop_name: String,
     currency: String,
 }
 
+#[verdant::interface]
 impl Shop for ShopV1 {
     fn hello(&self, who: &str) -> String {
         format!("Hello, {who}! Greetings from {}, served by shop-lib {VERSION}", self.shop_name)
     }
 
-    fn quote(&self, sku: &str, qty: u32) -> Result<Quote, ShopError> {
+    async fn quote(&self, sku: &str, qty: u32) -> Result<Quote, ShopError> {
+        // Library code awaiting a tokio timer: Verdant polls this future
+        // inside the host's runtime, so the library's copy of tokio finds it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         if sku == BOOM {
+            // A panic inside a poll: contained in the library, delivered to a
+            // host caller as `Err(ShopError::Verdant(Error::Panicked { .. }))`
+            // and to an HTTP client of `/quote/boom` as a 500.
             panic!("shop-lib {VERSION} was asked to quote `{BOOM}` and exploded, as designed");
         }
-        let unit_price_cents = PRICES
-            .iter()
-            .find(|(name, _)| *name == sku)
-            .map(|(_, cents)| *cents)
-            .ok_or_else(|| ShopError::UnknownSku { sku: sku.to_owned() })?;
+        let unit_price_cents = price_of(sku).ok_or_else(|| ShopError::UnknownSku { sku: sku.to_owned() })?;
         if qty == 0 {
             return Err(ShopError::InvalidQuantity { qty, reason: "order at least one".to_owned() });
         }
@@ -51,6 +101,17 @@ impl Shop for ShopV1 {
             .checked_mul(u64::from(qty))
             .ok_or_else(|| ShopError::InvalidQuantity { qty, reason: "the total is too large".to_owned() })?;
         Ok(Quote { sku: sku.to_owned(), qty, unit_price_cents, total_cents, currency: self.currency.clone() })
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(index))
+            .route("/hello", get(hello))
+            .route("/quote/{sku}", get(quote))
+            .route("/catalog", get(catalog))
+            .fallback(not_found)
+            .with_state(Arc::new(self.clone()))
+            .layer(axum::middleware::map_response(stamp_version))
     }
 }
 
@@ -74,3 +135,129 @@ impl Loadable for ShopV1 {
 }
 
 verdant::export!(ShopV1);
+
+/// The unit price of `sku` in cents, if it is in the price list.
+fn price_of(sku: &str) -> Option<u64> {
+    PRICES.iter().find(|(name, _)| *name == sku).map(|(_, cents)| *cents)
+}
+
+/// `cents` as `units.cc`.
+fn amount(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// A one-line text answer.
+fn text(status: StatusCode, line: impl std::fmt::Display) -> Response {
+    (status, format!("{line}\n")).into_response()
+}
+
+/// Adds `x-shop-lib-version` to every answer the router makes.
+async fn stamp_version(mut response: Response) -> Response {
+    response.headers_mut().insert(VERSION_HEADER, HeaderValue::from_static(VERSION));
+    response
+}
+
+/// `GET /`: what the shop serves.
+async fn index(State(shop): State<Arc<ShopV1>>) -> Response {
+    text(StatusCode::OK, format!("{}, served by shop-lib {VERSION}: {ROUTES}", shop.shop_name))
+}
+
+/// `GET /hello?who=NAME`: the greeting (default `who=you`).
+async fn hello(State(shop): State<Arc<ShopV1>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    let who = params.get("who").map_or("you", String::as_str);
+    text(StatusCode::OK, shop.hello(who))
+}
+
+/// `GET /quote/{sku}?qty=N`: a price quote as text (default `qty=1`).
+async fn quote(
+    State(shop): State<Arc<ShopV1>>,
+    Path(sku): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let qty = match params.get("qty").map(|raw| (raw, raw.parse::<u32>())) {
+        None => 1,
+        Some((_, Ok(qty))) => qty,
+        Some((raw, Err(error))) => {
+            return text(StatusCode::BAD_REQUEST, format!("qty must be a whole number of units, not `{raw}`: {error}"))
+        }
+    };
+    match shop.quote(&sku, qty).await {
+        Ok(quote) => text(StatusCode::OK, quote),
+        Err(error @ ShopError::UnknownSku { .. }) => text(StatusCode::NOT_FOUND, error),
+        Err(error @ ShopError::InvalidQuantity { .. }) => text(StatusCode::BAD_REQUEST, error),
+        // Only a host calling through the boundary sees this variant; inside
+        // the library a panic simply unwinds, and Verdant answers 500.
+        Err(error @ ShopError::Verdant(_)) => text(StatusCode::INTERNAL_SERVER_ERROR, error),
+    }
+}
+
+/// `GET /catalog?delay_ms=D`: the price list, one line per article, streamed
+/// `D` ms apart (default 100, at most 5000).
+async fn catalog(State(shop): State<Arc<ShopV1>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    let delay = match params.get("delay_ms").map(|raw| (raw, raw.parse::<u64>())) {
+        None => CATALOG_DELAY,
+        Some((_, Ok(ms))) if Duration::from_millis(ms) <= CATALOG_MAX_DELAY => Duration::from_millis(ms),
+        Some((raw, _)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "delay_ms must be a whole number of milliseconds up to {}, not `{raw}`",
+                    CATALOG_MAX_DELAY.as_millis()
+                ),
+            )
+        }
+    };
+    let lines = PRICES.iter().map(|(sku, cents)| format!("{sku} {} {}\n", amount(*cents), shop.currency)).collect();
+    let mut response = Body::new(Catalog { lines, next: 0, delay, sleep: None }).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Every other path under the shop's mount point.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        format!(
+            "shop-lib {VERSION} has no route for {method} {} (paths relative to where the shop is mounted); it serves {ROUTES}",
+            uri.path()
+        ),
+    )
+}
+
+/// The streaming body of `/catalog`: one frame per line, `delay` apart.
+///
+/// Verdant polls it under the library's guard and keeps the version that
+/// made it loaded until it is finished or dropped, so a catalog that started
+/// streaming before a reload completes on the old version.
+struct Catalog {
+    lines: Vec<String>,
+    next: usize,
+    delay: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Catalog {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let Some(line) = this.lines.get(this.next) else {
+            return Poll::Ready(None);
+        };
+        if this.next > 0 {
+            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
+        }
+        let frame = Frame::data(Bytes::from(line.clone()));
+        this.next += 1;
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.lines.len()
+    }
+}

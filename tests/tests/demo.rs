@@ -54,24 +54,45 @@ fn demo_serves_and_hot_reloads_through_scripts() {
     let pid_file = copy_target.join("debug").join("demo-app.pid");
     assert_eq!(read_trimmed(&pid_file), demo.pid.to_string(), "the pid file holds the demo's pid");
 
-    // The routes, served by shop-lib 0.1.0.
+    // The routes, served by shop-lib 0.1.0's own router, mounted under /shop.
     let hello = get(&agent, &format!("{base}/shop/hello")).expect("GET /shop/hello");
     assert_eq!(hello.status, 200, "{hello:?}");
     assert!(hello.body.contains("Hello, you!") && hello.body.contains("shop-lib 0.1.0"), "{hello:?}");
+    assert_eq!(hello.shop_lib_version.as_deref(), Some("0.1.0"), "the library stamps its answers: {hello:?}");
+    assert_eq!(hello.generation, Some(1), "the host stamps the generation that answered: {hello:?}");
     let named = get(&agent, &format!("{base}/shop/hello?who=Ada")).expect("GET /shop/hello?who=Ada");
     assert!(named.body.contains("Hello, Ada!"), "{named:?}");
     let quote = get(&agent, &format!("{base}/shop/quote/coffee?qty=3")).expect("GET /shop/quote/coffee");
     assert_eq!((quote.status, quote.body.trim()), (200, "3 x coffee at 4.20 EUR = 12.60 EUR"), "{quote:?}");
+    assert_eq!(quote.shop_lib_version.as_deref(), Some("0.1.0"), "{quote:?}");
     let unknown = get(&agent, &format!("{base}/shop/quote/tofu")).expect("GET /shop/quote/tofu");
     assert_eq!(unknown.status, 404, "{unknown:?}");
     let bad_qty = get(&agent, &format!("{base}/shop/quote/tea?qty=many")).expect("GET /shop/quote/tea?qty=many");
     assert_eq!(bad_qty.status, 400, "{bad_qty:?}");
+    let zero = get(&agent, &format!("{base}/shop/quote/tea?qty=0")).expect("GET /shop/quote/tea?qty=0");
+    assert_eq!(zero.status, 400, "{zero:?}");
+    // A streaming body made by the library, one line per article.
+    let catalog = get(&agent, &format!("{base}/shop/catalog?delay_ms=5")).expect("GET /shop/catalog");
+    assert_eq!(catalog.status, 200, "{catalog:?}");
+    assert_eq!(catalog.body.lines().count(), 4, "{catalog:?}");
+    assert!(catalog.body.starts_with("coffee 4.20 EUR\n"), "{catalog:?}");
+    // The library panics inside the handler; verdant contains the panic in
+    // the library and answers 500 (the panic message goes to the log only).
     let boom = get(&agent, &format!("{base}/shop/quote/boom")).expect("GET /shop/quote/boom");
     assert_eq!(boom.status, 500, "a library panic answers 500: {boom:?}");
-    assert!(boom.body.contains("exploded"), "the 500 carries the panic message: {boom:?}");
+    assert!(boom.body.contains("loadable `shop`"), "the 500 names the loadable: {boom:?}");
+    assert!(demo.is_running(), "the process survived the library panic");
+    let again = get(&agent, &format!("{base}/shop/quote/coffee?qty=1")).expect("GET /shop/quote/coffee after boom");
+    assert_eq!((again.status, again.body.trim()), (200, "1 x coffee at 4.20 EUR = 4.20 EUR"), "{again:?}");
+    // Unknown paths: inside the shop's namespace the library's router answers,
+    // elsewhere the host's.
+    let no_shop_route = get(&agent, &format!("{base}/shop/no/such/path")).expect("GET /shop/no/such/path");
+    assert_eq!(no_shop_route.status, 404, "{no_shop_route:?}");
+    assert_eq!(no_shop_route.shop_lib_version.as_deref(), Some("0.1.0"), "{no_shop_route:?}");
     let nowhere = get(&agent, &format!("{base}/no/such/path")).expect("GET /no/such/path");
     assert_eq!(nowhere.status, 404, "{nowhere:?}");
-    assert!(demo.is_running(), "the process survived the library panic");
+    assert!(nowhere.body.contains("no route for GET /no/such/path"), "{nowhere:?}");
+    assert_eq!(nowhere.shop_lib_version, None, "the host's 404 is not the library's: {nowhere:?}");
 
     // Clients that hang up mid-request must not reload the service
     // (BOUNDARY.md §6: a broken pipe raises SIGPIPE in the writer itself).
@@ -107,12 +128,18 @@ fn demo_serves_and_hot_reloads_through_scripts() {
         other => panic!("the demo never served shop-lib 0.1.1 after scripts/reload; last answer: {other:?}"),
     };
     assert_eq!(after.status, 200, "{after:?}");
+    assert_eq!(after.shop_lib_version.as_deref(), Some("0.1.1"), "{after:?}");
+    assert_eq!(after.generation, Some(2), "{after:?}");
 
     // Same process, still serving, and it reloaded exactly once.
     assert!(demo.is_running(), "the demo process must survive the reload");
     assert_eq!(read_trimmed(&pid_file), demo.pid.to_string(), "still the same pid");
     let quote = get(&agent, &format!("{base}/shop/quote/tea?qty=2")).expect("GET /shop/quote/tea after reload");
     assert_eq!((quote.status, quote.body.trim()), (200, "2 x tea at 3.50 EUR = 7.00 EUR"), "{quote:?}");
+    assert_eq!(quote.shop_lib_version.as_deref(), Some("0.1.1"), "{quote:?}");
+    let boom = get(&agent, &format!("{base}/shop/quote/boom")).expect("GET /shop/quote/boom after reload");
+    assert_eq!(boom.status, 500, "the new version's panic is contained too: {boom:?}");
+    assert!(demo.is_running(), "the process survived the new version's panic");
     let status = get(&agent, &format!("{base}/verdant/status")).expect("GET /verdant/status");
     println!("{}", status.body);
     assert!(status.body.contains("serving shop-lib 0.1.1"), "{}", status.body);
@@ -345,6 +372,10 @@ fn parse_listening(line: &str) -> Option<(String, u32)> {
 #[derive(Debug)]
 struct Reply {
     status: u16,
+    /// The `x-shop-lib-version` header: which library version answered.
+    shop_lib_version: Option<String>,
+    /// The `x-verdant-generation` header the host stamps on library answers.
+    generation: Option<u64>,
     body: String,
 }
 
@@ -357,6 +388,13 @@ fn http_agent() -> ureq::Agent {
 fn get(agent: &ureq::Agent, url: &str) -> Result<Reply, ureq::Error> {
     let mut response = agent.get(url).call()?;
     let status = response.status().as_u16();
+    let shop_lib_version =
+        response.headers().get("x-shop-lib-version").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let generation = response
+        .headers()
+        .get("x-verdant-generation")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok());
     let body = response.body_mut().read_to_string()?;
-    Ok(Reply { status, body })
+    Ok(Reply { status, shop_lib_version, generation, body })
 }

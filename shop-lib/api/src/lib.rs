@@ -15,10 +15,40 @@ use std::fmt;
 
 /// What the shop library offers the host.
 ///
-/// `#[verdant::interface]` keeps the trait as written and adds a hidden,
-/// panic-guarded boundary form of it: a panic in `hello` or `quote` is caught
-/// inside the library and re-raised in the host as a panic carrying a
-/// [`verdant::boundary::LibraryPanic`], which the demo turns into HTTP 500.
+/// The three methods show the three ways a call crosses the library
+/// boundary. `#[verdant::interface]` keeps the trait as written (with
+/// `async fn`s made object-safe by `async-trait`: they return a boxed
+/// `Send` future) and adds a hidden, panic-guarded boundary form of it that
+/// the host calls through:
+///
+/// - [`hello`](Shop::hello) is a plain call. A panic in it is caught inside
+///   the library and re-raised in the host as a panic carrying a
+///   [`verdant::boundary::LibraryPanic`], because a `String` has no room
+///   for an error.
+/// - [`quote`](Shop::quote) is `async`: the library's future is created,
+///   polled and dropped under the guard, inside the host's tokio runtime
+///   (so library code can use tokio timers and I/O). It returns
+///   `Result<_, ShopError>` and [`ShopError`] can hold a
+///   [`verdant::Error`], so a panic in it reaches the host as
+///   `Err(ShopError::Verdant(verdant::Error::Panicked { .. }))` instead.
+/// - [`router`](Shop::router) is the shop's own HTTP face. Verdant wraps
+///   the router library-side: every handler, response future and body
+///   runs under the guard, and a panic in any of them becomes an HTTP 500
+///   (or an aborted response, mid-body). The host serves it with
+///   [`verdant::axum::mount`], which looks the serving version up per
+///   request.
+///
+/// An implementation with `async fn`s carries `#[verdant::interface]` too,
+/// so that its methods get the same boxed-future signatures:
+///
+/// ```text
+/// #[verdant::interface]
+/// impl Shop for ShopV1 {
+///     fn hello(&self, who: &str) -> String { .. }
+///     async fn quote(&self, sku: &str, qty: u32) -> Result<Quote, ShopError> { .. }
+///     fn router(&self) -> axum::Router { .. }
+/// }
+/// ```
 #[verdant::interface]
 pub trait Shop: Send + Sync {
     /// A greeting for `who`, naming the shop and the library version serving
@@ -26,7 +56,24 @@ pub trait Shop: Send + Sync {
     fn hello(&self, who: &str) -> String;
 
     /// The price of `qty` units of article `sku`.
-    fn quote(&self, sku: &str, qty: u32) -> Result<Quote, ShopError>;
+    ///
+    /// # Errors
+    ///
+    /// [`ShopError::UnknownSku`] for an article that is not in the price
+    /// list, [`ShopError::InvalidQuantity`] for a quantity of zero or a total
+    /// too large to represent, and [`ShopError::Verdant`] (holding
+    /// [`verdant::Error::Panicked`]) when the library panicked while quoting
+    /// (the demo library does, on purpose, for the article `boom`).
+    async fn quote(&self, sku: &str, qty: u32) -> Result<Quote, ShopError>;
+
+    /// The shop's HTTP routes, relative to where the host mounts them (the
+    /// demo mounts them under `/shop/`). Every answer the library makes
+    /// carries the header `x-shop-lib-version` with the library's package
+    /// version.
+    ///
+    /// Verdant builds this router once per loaded version and serves every
+    /// request of that version with it.
+    fn router(&self) -> axum::Router;
 }
 
 /// The shared context every version of the shop library attaches with.
@@ -85,7 +132,9 @@ impl fmt::Display for Cents {
 }
 
 /// Why the shop could not quote.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Not `PartialEq`: [`verdant::Error`] is not. Match on the variant instead.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ShopError {
     /// The article is not in the price list.
     #[error("unknown article `{sku}`")]
@@ -101,6 +150,13 @@ pub enum ShopError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The call failed at the library boundary rather than in the shop's
+    /// logic: [`verdant::Error::Panicked`] when library code panicked while
+    /// quoting. Verdant contained the panic inside the library and delivers
+    /// it here (through `From<verdant::Error>`) instead of re-raising it in
+    /// the host; the library version keeps serving other calls.
+    #[error(transparent)]
+    Verdant(#[from] verdant::Error),
 }
 
 #[cfg(test)]
@@ -122,5 +178,18 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         assert_eq!(ShopError::UnknownSku { sku: "tofu".to_owned() }.to_string(), "unknown article `tofu`");
+    }
+
+    #[test]
+    fn a_contained_panic_converts_into_a_shop_error() {
+        let panicked = verdant::Error::Panicked {
+            loadable: "shop".to_owned(),
+            method: "quote",
+            message: "exploded".to_owned(),
+            location: None,
+        };
+        let error = ShopError::from(panicked);
+        assert!(matches!(&error, ShopError::Verdant(verdant::Error::Panicked { method: "quote", .. })), "{error:?}");
+        assert!(error.to_string().contains("panicked in `quote`: exploded"), "{error}");
     }
 }

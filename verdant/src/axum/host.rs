@@ -221,6 +221,34 @@ where
     Ok(Router::new().nest_service(&path, Mount { handle, router }))
 }
 
+/// Which version answered a request served through [`mount`], in the
+/// response's extensions (put there by the host, so any host layer may read
+/// it; a library cannot forge it).
+///
+/// ```
+/// use axum::http::HeaderValue;
+/// use verdant::axum::Served;
+///
+/// // A host layer that tells clients which build answered.
+/// async fn stamp(response: axum::response::Response) -> axum::response::Response {
+///     let mut response = response;
+///     if let Some(served) = response.extensions().get::<Served>().cloned() {
+///         response.headers_mut().insert("x-verdant-generation", HeaderValue::from(served.generation));
+///     }
+///     response
+/// }
+/// let app: axum::Router = axum::Router::new().layer(axum::middleware::map_response(stamp));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The loadable's registered name.
+    pub loadable: Arc<str>,
+    /// The generation of the transaction that loaded the version.
+    pub generation: u64,
+    /// The library's package version, from its descriptor.
+    pub package_version: Arc<str>,
+}
+
 /// The per-request lookup behind [`mount`].
 struct Mount<I: Interface + ?Sized, F> {
     handle: Handle<I>,
@@ -268,11 +296,19 @@ where
                 return Box::pin(std::future::ready(Ok(internal_error(name))));
             }
         };
+        let served = Served {
+            loadable: Arc::from(self.handle.name()),
+            generation: pinned.generation(),
+            package_version: Arc::from(pinned.package_version()),
+        };
         Box::pin(async move {
             // The version this request was routed to stays pinned until the
             // router has pinned it for the response (on its first poll).
-            let response = tower::ServiceExt::oneshot(router, request).await;
+            let mut response = tower::ServiceExt::oneshot(router, request).await;
             drop(pinned);
+            if let Ok(response) = &mut response {
+                response.extensions_mut().insert(served);
+            }
             response
         })
     }

@@ -27,6 +27,8 @@
 //! version on its next request. Every response pins the version that made it
 //! until its body is finished or dropped: a streaming response started by
 //! version 1 completes on version 1 while version 2 is already serving.
+//! The response carries a [`Served`] extension naming that version, for host
+//! layers (a header, a metric).
 //!
 //! What a library router must not do: put values into *response*
 //! extensions for the host (they are dropped library-side, because their
@@ -37,5 +39,5 @@ mod host;
 mod library;
 
 pub use ::axum::Router;
-pub use host::mount;
+pub use host::{mount, Served};
 pub use library::LibraryRouter;
