@@ -306,7 +306,7 @@ pub enum Error {
     },
     /// `verdant::axum::mount` of a loadable whose name cannot be a URL path
     /// segment.
-    #[error("loadable `{name}` cannot be mounted at `/{name}/`: a mounted loadable's name may contain only A-Z, a-z, 0-9, `-`, `.`, `_` and `~`; add it under such a name")]
+    #[error("loadable `{name}` cannot be mounted at `/{name}/`: a mounted loadable's name may contain only A-Z, a-z, 0-9, `-`, `.`, `_` and `~`, and may not be `.` or `..`; add it under such a name")]
     InvalidMountName {
         /// The name.
         name: String,

@@ -195,7 +195,8 @@ fn internal_error(loadable: &str) -> Response<Body> {
 /// # Errors
 ///
 /// [`Error::InvalidMountName`] when the loadable's name cannot be a path
-/// segment (it must be non-empty and contain only `A-Z a-z 0-9 - . _ ~`).
+/// segment (it must be non-empty, not `.` or `..`, and contain only
+/// `A-Z a-z 0-9 - . _ ~`).
 ///
 /// ```no_run
 /// # #[verdant::interface]
@@ -214,7 +215,8 @@ where
 {
     let name = handle.name();
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
-    if name.is_empty() || !name.chars().all(valid) {
+    // `.` and `..` are dot-segments: clients resolve them away before sending.
+    if name.is_empty() || name == "." || name == ".." || !name.chars().all(valid) {
         return Err(Error::InvalidMountName { name: name.to_owned() });
     }
     let path = format!("/{name}");
