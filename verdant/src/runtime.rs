@@ -13,11 +13,36 @@
 //! In the host process itself (`LINK` is never set there) every function here
 //! is a no-op: host code already runs inside its own runtime context.
 //!
-//! Cost: entering clones the runtime handle (one atomic increment and
-//! decrement on a counter shared by every thread); the handle benchmark
-//! (`scripts/bench`) measures it as part of each call.
+//! # Entering once per thread
+//!
+//! `Handle::enter` clones the runtime handle into the thread-local context
+//! and the guard's drop puts the previous one back: an atomic increment and
+//! decrement on one counter shared by every thread. Done around every call
+//! it cost 17 ns per call on one thread and 66 ns on two threads contending
+//! for that cache line (`scripts/bench`, `call/verdant_get_call_runtime`),
+//! more than the rest of the call. So [`enter`] enters *for good*: the first
+//! time library code runs on a thread, it enters the runtime and forgets the
+//! guard, and marks the thread; later calls on that thread read the mark and
+//! do nothing.
+//!
+//! Why that is sound and equivalent:
+//! - The context is the *library copy's* thread-local; host code never sees
+//!   it. Every guard of this library copy would enter the same handle (one
+//!   runtime per copy, fixed at attach), so a thread that entered it for
+//!   good is in exactly the state each call would have set up.
+//! - tokio checks that guards are dropped in the reverse order of creation.
+//!   A forgotten guard is never dropped, so it sits below every later guard
+//!   and breaks no order — provided no *other* guard of this copy is alive
+//!   on the thread when it is made. Hence: if the thread is already in some
+//!   runtime context of this copy (library code entered one itself, or an
+//!   outer guard of ours is live), [`enter`] falls back to a scoped guard
+//!   and tries again next time.
+//! - What it keeps: one handle clone per thread that ran this library copy,
+//!   released by tokio's thread-local destructor when the thread exits (such
+//!   destructors already keep the library mapped, BOUNDARY.md §4).
 
 use std::any::Any;
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock, Weak};
 
 use tokio::runtime::{EnterGuard, Handle};
@@ -47,12 +72,37 @@ pub(crate) fn link() -> Option<&'static HostLink> {
     LINK.get()
 }
 
-/// Enters the host's runtime for the life of the guard, so that library code
-/// polled or called from any host thread finds a runtime. `None` in the host
-/// itself, or when the registry has no runtime.
+thread_local! {
+    /// Whether this thread entered the host runtime for good (see the module
+    /// docs). Const-initialised without a destructor: readable at any time,
+    /// even during thread teardown.
+    static ENTERED_FOR_GOOD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes sure library code on this thread finds the host's runtime, so that
+/// library code polled or called from any host thread finds one. Returns a
+/// guard only when the thread could not enter for good; keep it for the
+/// duration of the library code. `None` in the host itself, when the
+/// registry has no runtime, or when the thread already entered for good.
 #[inline]
 pub(crate) fn enter() -> Option<EnterGuard<'static>> {
-    LINK.get().and_then(|link| link.runtime.as_ref()).map(Handle::enter)
+    let runtime = LINK.get()?.runtime.as_ref()?;
+    if ENTERED_FOR_GOOD.with(Cell::get) {
+        return None;
+    }
+    enter_first_time(runtime)
+}
+
+#[cold]
+fn enter_first_time(runtime: &'static Handle) -> Option<EnterGuard<'static>> {
+    if Handle::try_current().is_ok() {
+        // A guard of this copy is live on this thread: a forgotten guard
+        // made now would sit above it and break tokio's drop order.
+        return Some(runtime.enter());
+    }
+    std::mem::forget(runtime.enter());
+    ENTERED_FOR_GOOD.with(|entered| entered.set(true));
+    None
 }
 
 /// A keep-alive of this library copy (`None` in the host, or once its
