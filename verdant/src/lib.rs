@@ -165,7 +165,9 @@ pub use version::DetachState;
 ///   `Err(verdant::Error::Panicked { .. }.into())` (`std::io::Error`,
 ///   `Box<dyn Error + Send + Sync>`, `anyhow::Error` and any error enum with a
 ///   `#[from] verdant::Error` variant qualify). Any other method re-raises
-///   it as a host panic carrying a [`boundary::LibraryPanic`].
+///   it as a host panic carrying a [`boundary::LibraryPanic`]. Prefer an
+///   error enum of the shared crate: a `Box<dyn Error>` or `anyhow::Error`
+///   that the *library* creates is a trait object of the library (below).
 /// - **`fn router(&self) -> axum::Router`** (a return type spelled
 ///   `Router`, `axum::Router` or `Router<()>`): the library's router is
 ///   wrapped library-side and the host gets an ordinary router; see
