@@ -23,7 +23,7 @@
 //! - **Containment.** A panic in library code (`GET /shop/quote/boom`) is
 //!   caught inside the library and answered 500; the process keeps serving.
 //!   A host calling `Shop::quote` directly would get
-//!   `Err(ShopError::Verdant(verdant::Error::Panicked { .. }))` instead.
+//!   `Err(ShopError::Panicked(..))` instead.
 //!   While no version is attached `/shop/...` answers 503; paths the shop
 //!   does not know answer 404 from the library, other paths from the host.
 //!   Panics of host code are answered 500 by

@@ -43,7 +43,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body::Frame;
 use shop_api::{Quote, Shop, ShopContext, ShopError};
-use verdant::{AttachError, Loadable};
+use verdant_loadable::{AttachError, Loadable};
 
 /// This library's package version, as the greeting and the
 /// `x-shop-lib-version` header report it.
@@ -56,7 +56,7 @@ const VERSION_HEADER: &str = "x-shop-lib-version";
 const PRICES: &[(&str, u64)] = &[("coffee", 420), ("tea", 350), ("croissant", 180), ("baguette", 130)];
 
 /// The article that makes `quote` panic, to show a library panic becoming an
-/// error (`ShopError::Verdant`) or an HTTP 500 instead of taking the process
+/// error (`ShopError::Panicked`) or an HTTP 500 instead of taking the process
 /// down.
 const BOOM: &str = "boom";
 
@@ -77,7 +77,7 @@ pub struct ShopV1 {
     currency: String,
 }
 
-#[verdant::interface]
+#[verdant_loadable::interface]
 impl Shop for ShopV1 {
     fn hello(&self, who: &str) -> String {
         format!("Hello, {who}! Greetings from {}, served by shop-lib {VERSION}", self.shop_name)
@@ -89,7 +89,7 @@ impl Shop for ShopV1 {
         tokio::time::sleep(Duration::from_millis(1)).await;
         if sku == BOOM {
             // A panic inside a poll: contained in the library, delivered to a
-            // host caller as `Err(ShopError::Verdant(Error::Panicked { .. }))`
+            // host caller as `Err(ShopError::Panicked(..))`
             // and to an HTTP client of `/quote/boom` as a 500.
             panic!("shop-lib {VERSION} was asked to quote `{BOOM}` and exploded, as designed");
         }
@@ -134,7 +134,7 @@ impl Loadable for ShopV1 {
     }
 }
 
-verdant::export!(ShopV1);
+verdant_loadable::export!(ShopV1);
 
 /// The unit price of `sku` in cents, if it is in the price list.
 fn price_of(sku: &str) -> Option<u64> {
@@ -187,7 +187,7 @@ async fn quote(
         Err(error @ ShopError::InvalidQuantity { .. }) => text(StatusCode::BAD_REQUEST, error),
         // Only a host calling through the boundary sees this variant; inside
         // the library a panic simply unwinds, and Verdant answers 500.
-        Err(error @ ShopError::Verdant(_)) => text(StatusCode::INTERNAL_SERVER_ERROR, error),
+        Err(error @ ShopError::Panicked(_)) => text(StatusCode::INTERNAL_SERVER_ERROR, error),
     }
 }
 

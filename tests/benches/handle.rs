@@ -40,12 +40,12 @@ use verdant::Verdant;
 
 /// The async baseline: the same boxed-future shape the interface uses,
 /// without a library behind it.
-#[verdant::__private::async_trait]
+#[verdant_loadable::__private::async_trait]
 trait LocalEcho: Send + Sync {
     async fn echo(&self, x: u64) -> u64;
 }
 
-#[verdant::__private::async_trait]
+#[verdant_loadable::__private::async_trait]
 impl LocalEcho for Local {
     async fn echo(&self, x: u64) -> u64 {
         x

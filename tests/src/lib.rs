@@ -147,27 +147,43 @@ fn build_mismatch_fixture() -> PathBuf {
         std::fs::copy(&root_lock, &lock)
             .unwrap_or_else(|e| panic!("copy {} to {}: {e}", root_lock.display(), lock.display()));
     }
-    let target_dir = artifact_dir().parent().expect("target/<profile> has a parent").join("mismatch");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let target_dir = outside_target_dir("mismatch");
     eprintln!("building the feature-mismatch fixture (cached in {})", target_dir.display());
+    cargo_build_outside(&manifest, &target_dir, &[], &[]);
+    let path = target_dir.join("debug").join("libfixture_mismatch.so");
+    assert!(path.is_file(), "{} was not produced by the build", path.display());
+    path
+}
+
+/// The target directory of an outside workspace (a fixture with its own
+/// `[workspace]`): `target/<name>`, beside `target/<profile>`. Its own, so
+/// that its builds never wait on the lock of the build running the tests,
+/// and kept across runs.
+pub fn outside_target_dir(name: &str) -> PathBuf {
+    artifact_dir().parent().expect("target/<profile> has a parent").join(name)
+}
+
+/// Runs `cargo build ARGS` for the outside workspace of `manifest` into
+/// `target_dir`, with `envs` set, and panics with cargo's output if it fails.
+pub fn cargo_build_outside(manifest: &Path, target_dir: &Path, args: &[&str], envs: &[(&str, &str)]) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let output = std::process::Command::new(&cargo)
         .arg("build")
         .arg("--manifest-path")
-        .arg(&manifest)
+        .arg(manifest)
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
+        .args(args)
+        .envs(envs.iter().copied())
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET_DIR")
         .output()
         .unwrap_or_else(|e| panic!("run {cargo:?}: {e}"));
     assert!(
         output.status.success(),
-        "building {} failed ({}):\n{}",
+        "cargo build {args:?} of {} failed ({}):\n{}",
         manifest.display(),
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let path = target_dir.join("debug").join("libfixture_mismatch.so");
-    assert!(path.is_file(), "{} was not produced by the build", path.display());
-    path
 }

@@ -3,15 +3,15 @@
 //! (BOUNDARY.md §1, §2, §7).
 //!
 //! - a panic in a method, sync or async, is contained in the library and
-//!   delivered as `Err(Error::Panicked)` when the method returns a `Result`
+//!   delivered as `Err(Panicked)` when the method returns a `Result`
 //!   that can hold one, or as a host panic carrying a `LibraryPanic`
 //!   otherwise; the version keeps serving;
-//! - library code may use tokio timers, I/O, `verdant::spawn` and plain
+//! - library code may use tokio timers, I/O, `verdant_loadable::spawn` and plain
 //!   `tokio::spawn`, on a multi-thread and on a current-thread runtime;
 //! - library `tracing` events and `log` records reach the host's *current*
 //!   subscriber and logger, and nest in the host's spans;
 //! - an async call keeps its version until it completes or is dropped;
-//! - `verdant::spawn` tasks outlive the detach of their version, unless the
+//! - `verdant_loadable::spawn` tasks outlive the detach of their version, unless the
 //!   detach hook aborts them.
 //!
 //! Allocation across the boundary is covered by `allocator.rs`, which needs
@@ -34,7 +34,7 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use verdant::boundary::LibraryPanic;
-use verdant::{DetachState, Error, Handle, RetiredStatus, Verdant};
+use verdant::{DetachState, Handle, Panicked, RetiredStatus, Verdant};
 use verdant_tests::{eventually, poll_until, Artifact};
 
 /// A registry serving `edge` from `artifact` (which holds edge-v1),
@@ -67,14 +67,14 @@ fn retired_v1(verdant: &Verdant) -> RetiredStatus {
 /// `method` of the edge fixture.
 fn assert_panicked(error: EdgeError, method: &str, message: &str) {
     match error {
-        EdgeError::Verdant(Error::Panicked { loadable, method: m, message: text, location }) => {
+        EdgeError::Panicked(Panicked { loadable, method: m, message: text, location, .. }) => {
             assert_eq!(loadable, "edge");
             assert_eq!(m, method);
             assert_eq!(text, message);
             let location = location.expect("the library's panic hook recorded where it panicked");
             assert!(location.contains("edge.rs:"), "the location names the fixture's source file: {location}");
         }
-        other => panic!("expected EdgeError::Verdant(Error::Panicked), got {other:?}"),
+        other => panic!("expected EdgeError::Panicked, got {other:?}"),
     }
 }
 
@@ -179,7 +179,7 @@ async fn use_tokio_in_the_library(edge: Handle<dyn Edge>) {
     server.join().expect("the server thread");
 
     let answer = edge.get().unwrap().spawn_timer(5).await;
-    assert_eq!(answer.expect("spawn_timer: a timer in a verdant::spawn task"), "slept 5 ms in a task");
+    assert_eq!(answer.expect("spawn_timer: a timer in a verdant_loadable::spawn task"), "slept 5 ms in a task");
 
     let doubled = edge.get().unwrap().spawn_plain(21).await;
     assert_eq!(doubled.expect("spawn_plain: a plain tokio::spawn task"), 42);

@@ -330,7 +330,7 @@ async fn line_server(line: &'static str) -> u16 {
 // ---------------------------------------------------------------------------
 
 /// Handlers compiled into the library use tokio timers, tokio I/O,
-/// `verdant::spawn` with a timer and a plain `tokio::spawn`: each answers
+/// `verdant_loadable::spawn` with a timer and a plain `tokio::spawn`: each answers
 /// 200 with its own text, on version 1 and again on version 2 (a second
 /// copy of the library, with its own copy of tokio's thread-locals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

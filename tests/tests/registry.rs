@@ -8,7 +8,7 @@ use verdant::{DetachState, Error, Filter, HandleError, Outcome, Verdant};
 use verdant_tests::{eventually, Artifact};
 
 /// A second interface, which no fixture serves.
-#[verdant::interface]
+#[verdant_loadable::interface]
 pub trait Other: Send + Sync {
     /// Anything.
     fn other(&self) -> u32;

@@ -1,8 +1,11 @@
-//! `#[verdant::interface]`: makes a trait callable across the dlopen boundary
+//! `#[verdant_loadable::interface]`: makes a trait callable across the dlopen boundary
 //! without letting a library panic abort the host.
 //!
-//! Use it through the `verdant` crate (`#[verdant::interface]`); the expansion
-//! refers to `::verdant`. See `verdant::interface` docs for what it generates.
+//! Use it through the `verdant-loadable` crate (`#[verdant_loadable::interface]`),
+//! in the crate that defines the interface; that crate must depend on
+//! `verdant-loadable` directly, because the expansion refers to
+//! `::verdant_loadable`. See `verdant_loadable::interface` for what it
+//! generates.
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
@@ -13,12 +16,14 @@ use syn::{
     ReturnType, TraitItem, TraitItemFn, Type, TypeParamBound,
 };
 
-/// See `verdant::interface`.
+/// See `verdant_loadable::interface`.
 #[proc_macro_attribute]
 pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
         let attr = TokenStream2::from(attr);
-        return syn::Error::new(attr.span(), "#[verdant::interface] takes no arguments").to_compile_error().into();
+        return syn::Error::new(attr.span(), "#[verdant_loadable::interface] takes no arguments")
+            .to_compile_error()
+            .into();
     }
     let item = parse_macro_input!(item as Item);
     let expanded = match &item {
@@ -26,7 +31,7 @@ pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
         Item::Impl(item) => Ok(expand_impl(item)),
         other => Err(syn::Error::new(
             other.span(),
-            "#[verdant::interface] goes on the interface trait, or on an impl of it that has `async fn`s",
+            "#[verdant_loadable::interface] goes on the interface trait, or on an impl of it that has `async fn`s",
         )),
     };
     match expanded {
@@ -39,7 +44,7 @@ pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
 fn expand_impl(item: &ItemImpl) -> TokenStream2 {
     let has_async = item.items.iter().any(|i| matches!(i, ImplItem::Fn(f) if f.sig.asyncness.is_some()));
     if has_async {
-        quote!(#[::verdant::__private::async_trait] #item)
+        quote!(#[::verdant_loadable::__private::async_trait] #item)
     } else {
         quote!(#item)
     }
@@ -94,8 +99,8 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
         let deliver = quote! {
             {
                 #[allow(unused_imports)]
-                use ::verdant::__private::{DeliverAsError as _, DeliverAsPanic as _};
-                let selector = &::verdant::__private::Deliver::<#output>::new();
+                use ::verdant_loadable::__private::{DeliverAsError as _, DeliverAsPanic as _};
+                let selector = &::verdant_loadable::__private::Deliver::<#output>::new();
                 selector.deliver(panic, self.__verdant_context.loadable(), #name_text)
             }
         };
@@ -108,13 +113,13 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             Kind::Sync => {
                 boundary_decls.push(quote! {
                     fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>;
+                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>;
                 });
                 boundary_impls.push(quote! {
                     fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>
+                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>
                     {
-                        ::verdant::boundary::call(move || <__VerdantT as #trait_name>::#name(self, #(#args),*))
+                        ::verdant_loadable::boundary::call(move || <__VerdantT as #trait_name>::#name(self, #(#args),*))
                     }
                 });
                 proxy_impls.push(quote! {
@@ -131,13 +136,13 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
                 any_async = true;
                 boundary_decls.push(quote! {
                     async fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>;
+                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>;
                 });
                 boundary_impls.push(quote! {
                     async fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant::boundary::Panic>
+                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>
                     {
-                        ::verdant::boundary::guard_future(move || <__VerdantT as #trait_name>::#name(self, #(#args),*)).await
+                        ::verdant_loadable::boundary::guard_future(move || <__VerdantT as #trait_name>::#name(self, #(#args),*)).await
                     }
                 });
                 proxy_impls.push(quote! {
@@ -153,15 +158,15 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             Kind::Router => {
                 boundary_decls.push(quote! {
                     fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<::verdant::axum::LibraryRouter, ::verdant::boundary::Panic>;
+                        -> ::core::result::Result<::verdant_loadable::router::LibraryRouter, ::verdant_loadable::boundary::Panic>;
                 });
                 boundary_impls.push(quote! {
                     fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<::verdant::axum::LibraryRouter, ::verdant::boundary::Panic>
+                        -> ::core::result::Result<::verdant_loadable::router::LibraryRouter, ::verdant_loadable::boundary::Panic>
                     {
-                        ::verdant::boundary::call(move || {
-                            let router: ::verdant::axum::Router = <__VerdantT as #trait_name>::#name(self, #(#args),*);
-                            ::verdant::axum::LibraryRouter::new(router)
+                        ::verdant_loadable::boundary::call(move || {
+                            let router: ::verdant_loadable::__private::Router = <__VerdantT as #trait_name>::#name(self, #(#args),*);
+                            ::verdant_loadable::router::LibraryRouter::new(router)
                         })
                     }
                 });
@@ -176,7 +181,7 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
                     // One router per version: built on first use, then cloned
                     // (an `Arc` clone) for every request.
                     let cache = format_ident!("__verdant_router_{}", name);
-                    proxy_fields.push(quote!(#cache: ::std::sync::OnceLock<::verdant::axum::Router>,));
+                    proxy_fields.push(quote!(#cache: ::std::sync::OnceLock<::verdant_loadable::__private::Router>,));
                     proxy_inits.push(quote!(#cache: ::std::sync::OnceLock::new(),));
                     proxy_impls.push(quote! {
                         fn #name #generics (&self) #user_output {
@@ -192,14 +197,14 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
         }
     }
 
-    let async_attr = if any_async { quote!(#[::verdant::__private::async_trait]) } else { quote!() };
+    let async_attr = if any_async { quote!(#[::verdant_loadable::__private::async_trait]) } else { quote!() };
     let boundary_doc = format!(
         "Panic-guarded form of [`{trait_name}`] that crosses the library boundary \
-         (generated by `#[verdant::interface]`)."
+         (generated by `#[verdant_loadable::interface]`)."
     );
     let proxy_doc = format!(
         "Host-side proxy implementing [`{trait_name}`] over its boundary object \
-         (generated by `#[verdant::interface]`)."
+         (generated by `#[verdant_loadable::interface]`)."
     );
     Ok(quote! {
         #async_attr
@@ -221,7 +226,7 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
         #[doc(hidden)]
         #vis struct #proxy {
             __verdant_boundary: *const (dyn #boundary + 'static),
-            __verdant_context: ::verdant::ProxyContext,
+            __verdant_context: ::verdant_loadable::ProxyContext,
             #(#proxy_fields)*
         }
 
@@ -239,12 +244,12 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
         // SAFETY: the proxy calls only through the boundary trait; the
         // registry drops the proxy before the boundary object; routers it
         // hands out pin the version per request (`ProxyContext::pin`).
-        unsafe impl ::verdant::Interface for dyn #trait_name {
+        unsafe impl ::verdant_loadable::Interface for dyn #trait_name {
             type Boundary = dyn #boundary;
 
             unsafe fn proxy(
                 boundary: *const (dyn #boundary + 'static),
-                context: ::verdant::ProxyContext,
+                context: ::verdant_loadable::ProxyContext,
             ) -> ::std::boxed::Box<Self> {
                 ::std::boxed::Box::new(#proxy {
                     __verdant_boundary: boundary,

@@ -21,8 +21,8 @@ use parking_lot::Mutex;
 
 use crate::descriptor::{AttachArgs, AttachFailure, AttachOutcome, Instance};
 use crate::error::LoadError;
-use crate::interface::Interface;
 use crate::loader::LoadedLibrary;
+use crate::Interface;
 
 /// An attach hook that exceeded the time limit and has not returned yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub(crate) fn attach<I: Interface + ?Sized>(
             let args = AttachArgs {
                 context: Arc::as_ptr(&context).cast::<()>(),
                 runtime,
-                logging: &crate::logging::HOST_LOGGING,
+                logging: &verdant_loadable::__private::HOST_LOGGING,
                 keep_alive,
             };
             let mut outcome = MaybeUninit::<AttachOutcome<I>>::uninit();

@@ -2,7 +2,7 @@
 //!
 //! `dlopen` maps segments by the program headers; a page of a segment that
 //! lies past the end of a truncated file raises SIGBUS when touched instead of
-//! an error (BOUNDARY.md §5). So the private copy is parsed first with the
+//! an error ([`docs::boundary`](crate::docs::boundary) §5). So the private copy is parsed first with the
 //! `object` crate: it must be an ELF shared object for this machine, every
 //! `PT_LOAD` segment and both header tables must lie inside the file, and the
 //! dynamic symbol table must define exactly one Verdant descriptor. The last

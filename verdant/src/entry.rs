@@ -12,9 +12,9 @@ use crate::attach::{self, AttachEnv};
 use crate::descriptor::{self, Fingerprint};
 use crate::error::LoadError;
 use crate::handle::Slot;
-use crate::interface::Interface;
 use crate::loader::LoadedLibrary;
 use crate::version::{DetachState, LibraryKeepAlive, Retirement, Version, VersionMeta};
+use crate::Interface;
 
 /// A loadable as the registry keeps it.
 pub(crate) struct Entry {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::report::ReloadReport;
+use crate::Panicked;
 
 /// A step of the load pipeline, named in every error and timed in every
 /// report.
@@ -21,7 +22,7 @@ pub enum Step {
     /// Checking the bytes that will be the private copy: a complete shared
     /// object for this machine that defines exactly one Verdant descriptor.
     Validate,
-    /// Writing the private copy (a fresh inode, BOUNDARY.md §5); only the
+    /// Writing the private copy (a fresh inode, [`docs::boundary`](crate::docs::boundary) §5); only the
     /// validated bytes are written, and only this copy is opened.
     Copy,
     /// `dlopen` and reading the descriptor header.
@@ -114,7 +115,7 @@ pub enum LoadError {
         detail: String,
     },
     /// No Verdant descriptor is exported.
-    #[error("not a Verdant library: it exports no `{symbol}` symbol; add `verdant::export!(YourType);` to the library crate")]
+    #[error("not a Verdant library: it exports no `{symbol}` symbol; add `verdant_loadable::export!(YourType);` to the library crate")]
     NotVerdant {
         /// The symbol that was looked for.
         symbol: &'static str,
@@ -134,7 +135,7 @@ pub enum LoadError {
         message: String,
     },
     /// The descriptor's header is wrong.
-    #[error("the descriptor symbol does not hold a Verdant descriptor ({detail}); do not define `{symbol}` by hand, use verdant::export!")]
+    #[error("the descriptor symbol does not hold a Verdant descriptor ({detail}); do not define `{symbol}` by hand, use verdant_loadable::export!")]
     BadDescriptor {
         /// The symbol.
         symbol: &'static str,
@@ -157,18 +158,21 @@ pub enum LoadError {
         /// The host's verdant version.
         host: String,
     },
-    /// A crossing type differs between host and library.
-    #[error("the {role} type differs: host has `{host_type}`, library has `{library_type}` with another TypeId{}; the library was built with a different crate version or feature set: rebuild it in the same cargo invocation as the host, e.g. `cargo build -p <host> -p <library>`", also_differ(.also))]
+    /// A crossing type differs between host and library: the two were built
+    /// with another version or feature set of some crate.
+    #[error("the build of crate `{crate_name}` differs between host and library: its {role} type `{host_type}` is another type in the library (`{library_type}`){}. Cargo resolved another version or feature set for `{crate_name}`, or for a crate it depends on, than for the host; the crates built on it differ with it. Build host and library in one cargo invocation (`cargo build -p <host> -p <library>`), or give the workspace a workspace-hack crate (cargo-hakari) so that every build, even `cargo build -p <library>` alone, resolves one feature set; see verdant::docs::embedding", also_differ(.also))]
     TypeMismatch {
+        /// The crate of the first crossing type that differs, in dependency
+        /// order (leaves first): the crate whose build differs, or one of
+        /// its dependencies does.
+        crate_name: String,
         /// What the type is for (the first role that differs).
         role: String,
         /// The host's type name.
         host_type: String,
         /// The library's type name.
         library_type: String,
-        /// Every other crossing type that differs too, as `role (type)`.
-        /// A dependency shared by everything (tokio, tracing) shows up here
-        /// and is usually the cause.
+        /// Every later crossing type that differs too, as `role (type)`.
         also: Vec<String>,
     },
     /// The attach hook returned an error.
@@ -311,38 +315,11 @@ pub enum Error {
         /// The name.
         name: String,
     },
-    /// Library code panicked during a call (in the method, or in a poll of
-    /// the future an `async` method returned). The panic was contained in
-    /// the library; the version keeps serving other calls.
-    ///
-    /// Interface methods that return `Result<T, E>` deliver this error as
-    /// their `Err` whenever `E: From<verdant::Error>` (as `std::io::Error`,
-    /// `Box<dyn Error + Send + Sync>` and `anyhow::Error` are); other methods
-    /// re-raise the panic in the host, carrying a
-    /// [`LibraryPanic`](crate::boundary::LibraryPanic).
-    #[error(
-        "loadable `{loadable}` panicked in `{method}`{}: {message}; the panic was contained and the version keeps serving",
-        location.as_deref().map(|at| format!(" at {at}")).unwrap_or_default()
-    )]
-    Panicked {
-        /// The registered name of the loadable.
-        loadable: String,
-        /// The interface method that was called.
-        method: &'static str,
-        /// The panic message.
-        message: String,
-        /// `file:line:column` of the panic in the library's source, when
-        /// known.
-        location: Option<String>,
-    },
-}
-
-impl From<Error> for io::Error {
-    /// Lets interface methods that return `io::Result` receive
-    /// [`Error::Panicked`] as an error of kind `Other`.
-    fn from(error: Error) -> io::Error {
-        io::Error::other(error)
-    }
+    /// Library code panicked during a call to an interface method; see
+    /// [`Panicked`]. The panic was contained in the library and the version
+    /// keeps serving other calls.
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
 }
 
 impl Error {

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use arc_swap::{ArcSwapOption, Guard};
 
 use crate::error::HandleError;
-use crate::interface::Interface;
 use crate::version::Version;
+use crate::Interface;
 
 /// The current version of one loadable, shared by the registry and handles.
 pub(crate) struct Slot<I: Interface + ?Sized> {
@@ -42,7 +42,7 @@ impl<I: Interface + ?Sized> Slot<I> {
 /// meanwhile.
 ///
 /// ```no_run
-/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
 /// let shop: verdant::Handle<dyn Shop> = verdant.handle("shop")?;
@@ -64,7 +64,7 @@ impl<I: Interface + ?Sized> Handle<I> {
     /// revoked; never because a reload is running.
     ///
     /// ```no_run
-    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
     /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
     /// # let shop = verdant.handle::<dyn Shop>("shop")?;
@@ -96,7 +96,7 @@ impl<I: Interface + ?Sized> Handle<I> {
     /// The loadable's registered name.
     ///
     /// ```no_run
-    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
     /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
     /// # let shop = verdant.handle::<dyn Shop>("shop")?;
@@ -149,7 +149,7 @@ impl<I: Interface + ?Sized> Pinned<I> {
     /// The generation of the transaction that loaded this version.
     ///
     /// ```no_run
-    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
     /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
     /// # let shop = verdant.handle::<dyn Shop>("shop")?;
@@ -164,7 +164,7 @@ impl<I: Interface + ?Sized> Pinned<I> {
     /// The library package version serving this call (from its descriptor).
     ///
     /// ```no_run
-    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
     /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "libshop.so").build()?;
     /// # let shop = verdant.handle::<dyn Shop>("shop")?;

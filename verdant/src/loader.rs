@@ -101,7 +101,7 @@ impl LoadedLibrary {
             copy: copy.to_owned(),
             identity: LibraryIdentity { package: String::new(), package_version: String::new() },
             // Libraries whose code ran on tokio workers stay mapped anyway
-            // (BOUNDARY.md §4); never unmapping is the one safe default.
+            // ([`docs::boundary`](crate::docs::boundary) §4); never unmapping is the one safe default.
             unmap_on_drop: false,
         };
         loaded.check_header()
@@ -144,7 +144,7 @@ impl LoadedLibrary {
         // Same rustc and verdant: the Rust-ABI entry points are readable.
         // Before any other library code runs, its allocations are routed to
         // the host's allocator (values cross the boundary by ownership).
-        (header.use_host_allocator)(&crate::allocator::HOST_TABLE);
+        (header.use_host_allocator)(&verdant_loadable::__private::HOST_ALLOCATOR);
         Ok(self)
     }
 
@@ -171,6 +171,7 @@ impl LoadedLibrary {
             None => "<missing>".to_owned(),
         };
         Err(LoadError::TypeMismatch {
+            crate_name: descriptor::crate_of(host.type_name).to_owned(),
             role: host.role.to_owned(),
             host_type: host.type_name.to_owned(),
             library_type,

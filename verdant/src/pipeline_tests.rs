@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::loader::{MockStages, Stages, System};
 use crate::{Error, HandleError, LoadError, Step, Verdant};
 
-#[crate::interface]
+#[verdant_loadable::interface]
 #[allow(dead_code)] // only its type matters: nothing is ever attached
 trait Nothing: Send + Sync {
     fn nothing(&self) -> u32;

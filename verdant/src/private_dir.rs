@@ -1,7 +1,7 @@
 //! The per-process directory that holds private copies of libraries.
 //!
 //! glibc hands back an already-loaded object for the same path or the same
-//! inode (BOUNDARY.md §5), so every version is loaded from its own copy with
+//! inode ([`docs::boundary`](crate::docs::boundary) §5), so every version is loaded from its own copy with
 //! a unique name. The directory is created with mode 0700 so that no other
 //! user can swap a file in between the check and the `dlopen`.
 

@@ -15,7 +15,6 @@ use crate::entry::Entry;
 use crate::error::Error;
 use crate::filter::Select;
 use crate::handle::{Handle, Slot};
-use crate::interface::Interface;
 use crate::loader::{Stages, System};
 use crate::private_dir::PrivateDir;
 use crate::report::{ReloadReport, Trigger};
@@ -24,6 +23,7 @@ use crate::status::{LoadableStatus, Mappings, RetiredStatus, Status};
 use crate::transaction::{self, Mode};
 use crate::trigger::{self, Coordinator, Request, Waiter};
 use crate::version::Retirement;
+use crate::Interface;
 
 /// The default attach time limit.
 pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,7 +32,7 @@ pub const DEFAULT_ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// ```no_run
 /// # use std::time::Duration;
-/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
 /// # struct ShopContext;
 /// let verdant = verdant::Verdant::builder(ShopContext)
 ///     .strict(true)
@@ -92,7 +92,7 @@ impl Builder {
 
     /// `dlclose` a retired library after its detach hook ran. Default: off,
     /// because glibc keeps any library whose code ran on a tokio worker
-    /// mapped anyway (BOUNDARY.md §4) and correctness must not depend on
+    /// mapped anyway ([`docs::boundary`](crate::docs::boundary) §4) and correctness must not depend on
     /// unmapping; `status()` shows what really happened.
     ///
     /// ```
@@ -122,7 +122,7 @@ impl Builder {
     /// makes `build()` fail.
     ///
     /// ```no_run
-    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
     /// let builder = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "target/debug/libshop_lib.so");
     /// ```
     pub fn add<I: Interface + ?Sized>(mut self, name: &str, path: impl Into<PathBuf>) -> Self {
@@ -193,7 +193,7 @@ impl Builder {
 /// to detach everything.
 ///
 /// ```no_run
-/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
 /// # struct ShopContext;
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use verdant::Verdant;
@@ -261,7 +261,7 @@ impl Verdant {
     /// loads it. A duplicate name is refused.
     ///
     /// ```no_run
-    /// # #[verdant::interface] pub trait Cart: Send + Sync { fn size(&self) -> usize; }
+    /// # #[verdant_loadable::interface] pub trait Cart: Send + Sync { fn size(&self) -> usize; }
     /// # let verdant = verdant::Verdant::builder(()).build()?;
     /// verdant.add::<dyn Cart>("cart", "target/debug/libcart.so")?;
     /// verdant.attach()?;
@@ -281,7 +281,7 @@ impl Verdant {
     /// interface `I`. Works before `attach` (its `get()` fails until then).
     ///
     /// ```no_run
-    /// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
     /// # let verdant = verdant::Verdant::builder(()).add::<dyn Shop>("shop", "x.so").build()?;
     /// let shop = verdant.handle::<dyn Shop>("shop")?;
     /// # Ok::<(), verdant::Error>(())

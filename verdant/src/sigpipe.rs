@@ -4,7 +4,7 @@
 //! or socket whose reader went away — a client hanging up mid-response, or
 //! stdout piped into `head`. Rust starts programs with SIGPIPE ignored; once
 //! a handler is installed, such writes deliver it, and `siginfo` reports the
-//! writing process itself as the sender (BOUNDARY.md §6). So only a SIGPIPE
+//! writing process itself as the sender ([`docs::boundary`](crate::docs::boundary) §6). So only a SIGPIPE
 //! whose sender is *another* process triggers a reload; the rest are counted
 //! and ignored. With a handler installed the process never dies of SIGPIPE:
 //! the write just fails with `EPIPE`, as before.

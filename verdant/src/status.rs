@@ -69,7 +69,7 @@ pub struct RetiredStatus {
     pub retired_at: Option<SystemTime>,
     /// Calls, futures or responses still pinned to it.
     pub in_flight: usize,
-    /// Tasks it started with [`verdant::spawn`](crate::spawn) that are still
+    /// Tasks it started with [`verdant_loadable::spawn`](crate::spawn) that are still
     /// running; they keep its library loaded (and may outlive its detach,
     /// unless the detach hook aborted them).
     pub tasks_running: usize,
@@ -78,7 +78,7 @@ pub struct RetiredStatus {
     /// Whether its private copy is still mapped into the process (read from
     /// `/proc/self/maps`). Usually true: glibc keeps a library mapped while
     /// threads that ran its code hold its thread-local destructors
-    /// (BOUNDARY.md §4).
+    /// ([`docs::boundary`](crate::docs::boundary) §4).
     pub mapped: bool,
     /// How many bytes of address space its mappings still take (the sum of
     /// its `/proc/self/maps` ranges; 0 once unmapped). This is what a

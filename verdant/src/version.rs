@@ -19,9 +19,9 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 
 use crate::descriptor::Instance;
-use crate::interface::{Interface, ProxyContext};
 use crate::loader::LoadedLibrary;
 use crate::report::VersionInfo;
+use crate::{Interface, ProxyContext};
 
 /// What is known about a version after it stopped serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub(crate) struct VersionMeta {
 }
 
 impl VersionMeta {
-    /// How many `verdant::spawn` tasks of this version are still running
+    /// How many `verdant_loadable::spawn` tasks of this version are still running
     /// (0 once its library is no longer loaded).
     pub(crate) fn tasks_running(&self) -> usize {
         self.library.get().and_then(Weak::upgrade).map_or(0, |library| library.tasks_running())
@@ -85,7 +85,7 @@ impl Retirement {
 }
 
 /// Keeps a library mapped for what the library itself holds or hands out:
-/// its `verdant::spawn` tasks and the routers it returns. The library gets
+/// its `verdant_loadable::spawn` tasks and the routers it returns. The library gets
 /// only a `Weak` to it (see `runtime.rs`); the version and each task or
 /// router hold strong references.
 ///
@@ -103,7 +103,7 @@ impl LibraryKeepAlive {
         LibraryKeepAlive { library: Some(library), retirement }
     }
 
-    /// `verdant::task::running()` of the library's own copy (verdant's
+    /// `verdant_loadable::task::running()` of the library's own copy (verdant's
     /// code, which cannot panic: it only reads a map under a lock whose
     /// poisoning it ignores).
     fn tasks_running(&self) -> usize {

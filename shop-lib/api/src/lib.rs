@@ -16,40 +16,40 @@ use std::fmt;
 /// What the shop library offers the host.
 ///
 /// The three methods show the three ways a call crosses the library
-/// boundary. `#[verdant::interface]` keeps the trait as written (with
+/// boundary. `#[verdant_loadable::interface]` keeps the trait as written (with
 /// `async fn`s made object-safe by `async-trait`: they return a boxed
 /// `Send` future) and adds a hidden, panic-guarded boundary form of it that
 /// the host calls through:
 ///
 /// - [`hello`](Shop::hello) is a plain call. A panic in it is caught inside
 ///   the library and re-raised in the host as a panic carrying a
-///   [`verdant::boundary::LibraryPanic`], because a `String` has no room
+///   [`verdant_loadable::boundary::LibraryPanic`], because a `String` has no room
 ///   for an error.
 /// - [`quote`](Shop::quote) is `async`: the library's future is created,
 ///   polled and dropped under the guard, inside the host's tokio runtime
 ///   (so library code can use tokio timers and I/O). It returns
 ///   `Result<_, ShopError>` and [`ShopError`] can hold a
-///   [`verdant::Error`], so a panic in it reaches the host as
-///   `Err(ShopError::Verdant(verdant::Error::Panicked { .. }))` instead.
+///   [`verdant_loadable::Panicked`], so a panic in it reaches the host as
+///   `Err(ShopError::Panicked(..))` instead.
 /// - [`router`](Shop::router) is the shop's own HTTP face. Verdant wraps
 ///   the router library-side: every handler, response future and body
 ///   runs under the guard, and a panic in any of them becomes an HTTP 500
 ///   (or an aborted response, mid-body). The host serves it with
-///   [`verdant::axum::mount`], which looks the serving version up per
+///   `verdant::axum::mount`, which looks the serving version up per
 ///   request.
 ///
-/// An implementation with `async fn`s carries `#[verdant::interface]` too,
+/// An implementation with `async fn`s carries `#[verdant_loadable::interface]` too,
 /// so that its methods get the same boxed-future signatures:
 ///
 /// ```text
-/// #[verdant::interface]
+/// #[verdant_loadable::interface]
 /// impl Shop for ShopV1 {
 ///     fn hello(&self, who: &str) -> String { .. }
 ///     async fn quote(&self, sku: &str, qty: u32) -> Result<Quote, ShopError> { .. }
 ///     fn router(&self) -> axum::Router { .. }
 /// }
 /// ```
-#[verdant::interface]
+#[verdant_loadable::interface]
 pub trait Shop: Send + Sync {
     /// A greeting for `who`, naming the shop and the library version serving
     /// it (`"... served by shop-lib 0.1.0"`).
@@ -61,8 +61,8 @@ pub trait Shop: Send + Sync {
     ///
     /// [`ShopError::UnknownSku`] for an article that is not in the price
     /// list, [`ShopError::InvalidQuantity`] for a quantity of zero or a total
-    /// too large to represent, and [`ShopError::Verdant`] (holding
-    /// [`verdant::Error::Panicked`]) when the library panicked while quoting
+    /// too large to represent, and [`ShopError::Panicked`] when the library
+    /// panicked while quoting
     /// (the demo library does, on purpose, for the article `boom`).
     async fn quote(&self, sku: &str, qty: u32) -> Result<Quote, ShopError>;
 
@@ -133,8 +133,7 @@ impl fmt::Display for Cents {
 
 /// Why the shop could not quote.
 ///
-/// Not `PartialEq`: [`verdant::Error`] is not. Match on the variant instead.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShopError {
     /// The article is not in the price list.
     #[error("unknown article `{sku}`")]
@@ -151,12 +150,12 @@ pub enum ShopError {
         reason: String,
     },
     /// The call failed at the library boundary rather than in the shop's
-    /// logic: [`verdant::Error::Panicked`] when library code panicked while
-    /// quoting. Verdant contained the panic inside the library and delivers
-    /// it here (through `From<verdant::Error>`) instead of re-raising it in
-    /// the host; the library version keeps serving other calls.
+    /// logic: library code panicked while quoting. Verdant contained the
+    /// panic inside the library and delivers it here (through
+    /// `From<verdant_loadable::Panicked>`) instead of re-raising it in the
+    /// host; the library version keeps serving other calls.
     #[error(transparent)]
-    Verdant(#[from] verdant::Error),
+    Panicked(#[from] verdant_loadable::Panicked),
 }
 
 #[cfg(test)]
@@ -182,14 +181,9 @@ mod tests {
 
     #[test]
     fn a_contained_panic_converts_into_a_shop_error() {
-        let panicked = verdant::Error::Panicked {
-            loadable: "shop".to_owned(),
-            method: "quote",
-            message: "exploded".to_owned(),
-            location: None,
-        };
-        let error = ShopError::from(panicked);
-        assert!(matches!(&error, ShopError::Verdant(verdant::Error::Panicked { method: "quote", .. })), "{error:?}");
+        let panic = verdant_loadable::boundary::Panic::new("exploded");
+        let error = ShopError::from(verdant_loadable::Panicked::new(panic, "shop", "quote"));
+        assert!(matches!(&error, ShopError::Panicked(p) if p.method == "quote"), "{error:?}");
         assert!(error.to_string().contains("panicked in `quote`: exploded"), "{error}");
     }
 }

@@ -1,26 +1,11 @@
-//! axum integration: loadables that serve HTTP.
+//! axum integration, host side: serve a loadable's router in your service.
 //!
-//! An interface method that returns `axum::Router` makes a loadable an HTTP
-//! face of its own:
-//!
-//! ```
-//! #[verdant::interface]
-//! pub trait Shop: Send + Sync {
-//!     /// The shop's routes, relative to where the host mounts them.
-//!     fn router(&self) -> axum::Router;
-//! }
-//! ```
-//!
-//! The router a library builds is full of library code: handlers,
-//! middleware, response futures and bodies. Served as is, a panic in any of
-//! them would abort the host, and tokio calls in them would find no runtime
-//! (BOUNDARY.md §1, §2). So `#[verdant::interface]` wraps it library-side
-//! ([`LibraryRouter`]): every `poll_ready`/`call` of the router, every poll of
-//! a response future and every `poll_frame` of a response body runs inside
-//! the host's tokio runtime and under the library's own `catch_unwind`. A
-//! panic becomes a plain 500 (or, in the middle of a body, an aborted
-//! response) and the service keeps running. The host gets back an ordinary
-//! `axum::Router`, built once per version.
+//! An interface method that returns `axum::Router` gives a loadable an HTTP
+//! face of its own; `#[verdant_loadable::interface]` wraps the router the
+//! library builds so that every line of library code in it (handlers,
+//! middleware, response futures and bodies) runs under the library's panic
+//! guard and inside the host's runtime (see
+//! [`verdant_loadable::router`]). The host gets an ordinary `axum::Router`.
 //!
 //! [`mount`] serves a loadable's router under `/<name>/` and looks the
 //! serving version up *per request*, so a keep-alive connection sees a new
@@ -30,14 +15,16 @@
 //! The response carries a [`Served`] extension naming that version, for host
 //! layers (a header, a metric).
 //!
-//! What a library router must not do: put values into *response*
-//! extensions for the host (they are dropped library-side, because their
-//! code is the library's), or return a router nested inside another type
-//! (`Option<Router>`: the macro refuses it, since it would cross unguarded).
+//! ```
+//! #[verdant_loadable::interface]
+//! pub trait Shop: Send + Sync {
+//!     /// The shop's routes, relative to where the host mounts them.
+//!     fn router(&self) -> axum::Router;
+//! }
+//! ```
 
-mod host;
-mod library;
+mod mount;
 
 pub use ::axum::Router;
-pub use host::{mount, Served};
-pub use library::LibraryRouter;
+pub use mount::{mount, Served};
+pub use verdant_loadable::router::LibraryRouter;

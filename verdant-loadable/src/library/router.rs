@@ -5,7 +5,7 @@
 //! which the generated boundary calls in the library) and through the
 //! vtable of the response body (made by [`guard_response`], also in the
 //! library). So every `catch` below is the library's own, which is the only
-//! kind that can catch a library panic (BOUNDARY.md §1).
+//! kind that can catch a library panic ([`docs::boundary`](crate::docs::boundary) §1).
 
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
@@ -23,7 +23,7 @@ use crate::boundary::{call, guard_future, BoundaryFuture, Panic};
 /// without ever running an unguarded line of library code.
 ///
 /// The library side makes it with [`LibraryRouter::new`] (the code that
-/// `#[verdant::interface]` generates for a method returning
+/// `#[verdant_loadable::interface]` generates for a method returning
 /// `axum::Router` does); the host side turns it into an ordinary
 /// `axum::Router` with [`LibraryRouter::into_router`]. You normally never
 /// touch it yourself.
@@ -31,16 +31,16 @@ use crate::boundary::{call, guard_future, BoundaryFuture, Panic};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use axum::routing::get;
-/// let library = verdant::axum::LibraryRouter::new(axum::Router::new().route("/hi", get(|| async { "hi" })));
+/// let library = verdant_loadable::router::LibraryRouter::new(axum::Router::new().route("/hi", get(|| async { "hi" })));
 /// # let _ = library;
 /// # }
 /// ```
 pub struct LibraryRouter {
-    pub(super) service: Box<dyn RouterBoundary>,
+    pub(crate) service: Box<dyn RouterBoundary>,
 }
 
 /// The object-safe, panic-guarded face of a library's router.
-pub(super) trait RouterBoundary: Send + Sync {
+pub(crate) trait RouterBoundary: Send + Sync {
     /// Serves one request. Creating the future, every poll of it and its
     /// drop run under the library's guard, inside the host's runtime; the
     /// response's body is a [`GuardedBody`].
@@ -52,7 +52,7 @@ impl LibraryRouter {
     /// of the copy of verdant that runs this function.
     ///
     /// ```
-    /// let library = verdant::axum::LibraryRouter::new(axum::Router::new());
+    /// let library = verdant_loadable::router::LibraryRouter::new(axum::Router::new());
     /// # let _ = library;
     /// ```
     pub fn new(router: Router) -> Self {

@@ -7,7 +7,7 @@
 //! method — runs under the library-side panic guard of [`crate::boundary`].
 //! The attach entry point also links the library copy to its host: the
 //! runtime its guards enter, the logging forwarders, the panic-location hook
-//! (`runtime.rs`, `logging.rs`).
+//! (`runtime_link.rs`, `logging.rs`).
 
 use std::fmt;
 
@@ -15,16 +15,16 @@ use crate::boundary::{catch, Panic};
 use crate::descriptor::{AttachArgs, AttachFailure, AttachOutcome, Fingerprint, Instance};
 use crate::interface::Interface;
 
-/// A stateless unit of logic that a [`Verdant`](crate::Verdant) registry can
+/// A stateless unit of logic that a `verdant::Verdant` registry can
 /// load, attach, replace and detach.
 ///
 /// ```
 /// # mod shop_api {
-/// #     #[verdant::interface]
+/// #     #[verdant_loadable::interface]
 /// #     pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
 /// #     pub struct ShopContext { pub greeting: String }
 /// # }
-/// use verdant::{AttachError, Loadable};
+/// use verdant_loadable::{AttachError, Loadable};
 ///
 /// pub struct ShopV1 { greeting: String }
 ///
@@ -41,13 +41,13 @@ use crate::interface::Interface;
 ///     }
 /// }
 ///
-/// verdant::export!(ShopV1);
+/// verdant_loadable::export!(ShopV1);
 /// ```
 pub trait Loadable: Sized + Send + Sync + 'static {
     /// The shared context the host passes to every attach hook.
     type Context: Send + Sync + 'static;
     /// The interface this loadable serves, as `dyn Trait` of a trait marked
-    /// [`#[verdant::interface]`](crate::interface).
+    /// [`#[verdant_loadable::interface]`](crate::interface).
     type Interface: Interface + ?Sized;
 
     /// Creates an instance. Runs on a dedicated thread, inside the host's
@@ -73,7 +73,7 @@ pub trait Loadable: Sized + Send + Sync + 'static {
 /// Any `std::error::Error` converts into it, so `?` works inside attach:
 ///
 /// ```
-/// fn attach_port(raw: &str) -> Result<u16, verdant::AttachError> {
+/// fn attach_port(raw: &str) -> Result<u16, verdant_loadable::AttachError> {
 ///     Ok(raw.parse::<u16>()?)
 /// }
 /// assert!(attach_port("80").is_ok());
@@ -87,7 +87,7 @@ impl AttachError {
     /// An attach error with a message of your own.
     ///
     /// ```
-    /// let e = verdant::AttachError::new("database `shop` unreachable");
+    /// let e = verdant_loadable::AttachError::new("database `shop` unreachable");
     /// assert_eq!(e.to_string(), "database `shop` unreachable");
     /// ```
     pub fn new(message: impl fmt::Display) -> Self {
@@ -162,13 +162,13 @@ pub unsafe fn attach_entry<L: Loadable>(
     boundary: fn(&L) -> &<L::Interface as Interface>::Boundary,
 ) {
     let outcome: AttachOutcome<L::Interface> = match catch(|| {
-        crate::boundary::install_location_hook();
-        crate::logging::install(args.logging);
-        crate::runtime::install(crate::runtime::HostLink {
+        crate::library::guard::install_location_hook();
+        crate::library::logging::install(args.logging);
+        crate::library::runtime_link::install(crate::library::runtime_link::HostLink {
             runtime: args.runtime.clone(),
             keep_alive: std::sync::Arc::downgrade(&args.keep_alive),
         });
-        let _runtime = crate::runtime::enter();
+        let _runtime = crate::library::runtime_link::enter();
         // SAFETY: the loader checked that the context fingerprint equals
         // `L::Context`'s, and the host keeps the context alive for the call.
         let context = unsafe { &*args.context.cast::<L::Context>() };
@@ -191,15 +191,15 @@ pub unsafe fn attach_entry<L: Loadable>(
 /// once per library, in its root module.
 ///
 /// ```
-/// # #[verdant::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+/// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
 /// pub struct ShopV1;
 /// impl Shop for ShopV1 { fn hello(&self, who: &str) -> String { format!("hi {who}") } }
-/// impl verdant::Loadable for ShopV1 {
+/// impl verdant_loadable::Loadable for ShopV1 {
 ///     type Context = ();
 ///     type Interface = dyn Shop;
-///     fn attach(_: &()) -> Result<Self, verdant::AttachError> { Ok(ShopV1) }
+///     fn attach(_: &()) -> Result<Self, verdant_loadable::AttachError> { Ok(ShopV1) }
 /// }
-/// verdant::export!(ShopV1);
+/// verdant_loadable::export!(ShopV1);
 /// ```
 #[macro_export]
 macro_rules! export {
@@ -222,7 +222,7 @@ macro_rules! export {
                 }
                 use_host_allocator
             },
-            fingerprints: $crate::export::write_fingerprints::<$loadable>,
+            fingerprints: $crate::__private::write_fingerprints::<$loadable>,
             tasks_running: $crate::task::running,
             attach: {
                 fn upcast(
@@ -232,7 +232,7 @@ macro_rules! export {
                 }
                 unsafe fn attach(args: &$crate::descriptor::AttachArgs, out: *mut ()) {
                     // SAFETY: forwarded contract of `Descriptor::attach`.
-                    unsafe { $crate::export::attach_entry::<$loadable>(args, out, upcast) }
+                    unsafe { $crate::__private::attach_entry::<$loadable>(args, out, upcast) }
                 }
                 attach
             },

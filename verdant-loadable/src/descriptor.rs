@@ -74,7 +74,7 @@ pub struct Fingerprint {
     /// `std::any::type_name` of the type.
     pub type_name: &'static str,
     /// Its `TypeId`: equal only between artifacts of one compiler and one
-    /// feature resolution (BOUNDARY.md §3).
+    /// feature resolution ([`docs::boundary`](crate::docs::boundary) §3).
     pub id: TypeId,
 }
 
@@ -89,28 +89,44 @@ impl Fingerprint {
 /// `context`. Host and library both call this, so the lists line up by
 /// construction and differ only where the builds differ.
 ///
-/// Besides the interface and the context, these are the types every loadable
-/// shares with its host whether or not its interface names them: the runtime
-/// handle and the tracing and `log` types (the logging shim), and the HTTP
-/// request, response and body types (routers, `crate::axum`).
-pub fn fingerprints<I: Interface + ?Sized>(context: Fingerprint) -> [Fingerprint; 9] {
+/// The list is in dependency order, leaves first: one marker type per crate
+/// that crosses (`bytes`, `http`, `http-body`, `log`, `tracing-core`,
+/// `tokio`, `tower`, `axum-core`, `axum`, this crate), then the interface
+/// crate's types. A crate whose build differs changes its own `TypeId`s and
+/// those of every crate built on it, so the first entry that differs names
+/// the crate (or a dependency of it) whose build differs, which is what the
+/// loader's `TypeMismatch` error reports.
+pub fn fingerprints<I: Interface + ?Sized>(context: Fingerprint) -> [Fingerprint; 13] {
     [
+        Fingerprint::of::<::bytes::Bytes>("bytes"),
+        Fingerprint::of::<::axum::http::Request<()>>("http request"),
+        Fingerprint::of::<::http_body::Frame<::bytes::Bytes>>("http-body frame"),
+        Fingerprint::of::<::log::Record<'static>>("log record"),
+        Fingerprint::of::<::tracing_core::Dispatch>("tracing dispatcher"),
+        Fingerprint::of::<::tokio::runtime::Handle>("tokio runtime handle"),
+        Fingerprint::of::<::tower::layer::util::Identity>("tower layer"),
+        Fingerprint::of::<::axum::body::Body>("http body"),
+        Fingerprint::of::<::axum::Router>("axum router"),
+        Fingerprint::of::<AttachArgs>("verdant-loadable attach arguments"),
         Fingerprint::of::<I>("interface"),
         Fingerprint::of::<I::Boundary>("interface boundary"),
         context,
-        Fingerprint::of::<dyn Instance<I>>("verdant instance ABI"),
-        Fingerprint::of::<tokio::runtime::Handle>("tokio runtime handle"),
-        Fingerprint::of::<tracing::Dispatch>("tracing dispatcher"),
-        Fingerprint::of::<log::Record<'static>>("log record"),
-        Fingerprint::of::<::axum::Router>("axum router"),
-        Fingerprint::of::<http_body_types::Response>("http response"),
     ]
 }
 
-/// Names for the HTTP types fingerprinted above.
-mod http_body_types {
-    /// A response as routers produce it.
-    pub type Response = ::axum::http::Response<::axum::body::Body>;
+/// The crate a type belongs to, from its `type_name`: the first path
+/// segment (`tokio` for `tokio::runtime::handle::Handle`, `fixture_api` for
+/// `dyn fixture_api::Probe`).
+///
+/// ```
+/// use verdant_loadable::descriptor::crate_of;
+/// assert_eq!(crate_of("tokio::runtime::handle::Handle"), "tokio");
+/// assert_eq!(crate_of("dyn shop_api::Shop"), "shop_api");
+/// assert_eq!(crate_of("&core::option::Option<u8>"), "core");
+/// ```
+pub fn crate_of(type_name: &str) -> &str {
+    let name = type_name.trim_start_matches(['&', '*', '(', '[']).trim_start_matches("dyn ");
+    name.split([':', '<', ' ']).next().unwrap_or(name)
 }
 
 /// An attached instance, owned by the library that made it.
@@ -131,11 +147,11 @@ pub struct AttachArgs {
     /// fingerprint before the call.
     pub context: *const (),
     /// The host's tokio runtime, entered around the attach hook and around
-    /// every later call, poll and task of the library (BOUNDARY.md §2).
+    /// every later call, poll and task of the library ([`docs::boundary`](crate::docs::boundary) §2).
     pub runtime: Option<tokio::runtime::Handle>,
     /// The host functions the library's logging shim forwards to
-    /// (`crate::logging`; the library's `static`s are its own, BOUNDARY.md §7).
-    pub logging: &'static crate::logging::HostLogging,
+    /// (`library/logging.rs`; the library's `static`s are its own, [`docs::boundary`](crate::docs::boundary) §7).
+    pub logging: &'static crate::library::logging::HostLogging,
     /// Keeps the library mapped while the library holds a clone (its tasks,
     /// the routers it hands out). Its last drop hands the unmapping to the
     /// registry's retirement thread, never to the thread that dropped it,
@@ -172,10 +188,10 @@ pub struct Descriptor {
     pub package_version: RawStr,
     /// Makes the library allocate with the host's global allocator (see
     /// [`crate::allocator`]); called right after the header check.
-    pub use_host_allocator: fn(&'static crate::allocator::AllocatorTable),
+    pub use_host_allocator: fn(&'static crate::library::allocator::AllocatorTable),
     /// Writes the library's fingerprints (see [`fingerprints`]).
     pub fingerprints: fn(&mut dyn FnMut(Fingerprint)),
-    /// How many tasks the library started with `verdant::spawn` are still
+    /// How many tasks the library started with `verdant_loadable::spawn` are still
     /// running (`crate::task::running` of the library's copy).
     pub tasks_running: fn() -> usize,
     /// Runs the attach hook; writes an `AttachOutcome<I>` to `out`.

@@ -2,7 +2,7 @@
 //!
 //! A host never calls a library's trait object directly: a panic in the
 //! method would abort the process (`boundary` module docs). Instead
-//! [`#[verdant::interface]`](crate::interface) derives, for a trait `Shop`:
+//! [`#[verdant_loadable::interface]`](crate::interface) derives, for a trait `Shop`:
 //!
 //! - a *boundary trait* whose methods return `Result<_, Panic>`, implemented
 //!   for every `T: Shop` by catching panics; this impl is instantiated in the
@@ -33,11 +33,11 @@ use std::sync::{Arc, Weak};
 /// one per use ([`ProxyContext::pin`]).
 ///
 /// ```
-/// #[verdant::interface]
+/// #[verdant_loadable::interface]
 /// pub trait Greeter: Send + Sync {
 ///     fn greet(&self, who: &str) -> String;
 /// }
-/// fn assert_interface<I: verdant::Interface + ?Sized>() {}
+/// fn assert_interface<I: verdant_loadable::Interface + ?Sized>() {}
 /// assert_interface::<dyn Greeter>();
 /// ```
 pub unsafe trait Interface: Send + Sync + 'static {
@@ -57,11 +57,11 @@ pub unsafe trait Interface: Send + Sync + 'static {
 /// What a proxy knows about the version it belongs to: the loadable's name
 /// (for errors) and a way to pin the version for values that outlive a call.
 ///
-/// Built by the registry, used by the code `#[verdant::interface]`
+/// Built by the registry, used by the code `#[verdant_loadable::interface]`
 /// generates.
 ///
 /// ```
-/// fn describe(context: &verdant::ProxyContext) -> String {
+/// fn describe(context: &verdant_loadable::ProxyContext) -> String {
 ///     format!("loadable `{}`", context.loadable())
 /// }
 /// ```
@@ -73,18 +73,16 @@ pub struct ProxyContext {
 }
 
 impl ProxyContext {
-    pub(crate) fn new(
-        name: Arc<str>,
-        version: Weak<dyn Any + Send + Sync>,
-        keep_alive: Arc<dyn Any + Send + Sync>,
-    ) -> Self {
+    /// Made by the host's registry for each loaded version; not an API.
+    #[doc(hidden)]
+    pub fn new(name: Arc<str>, version: Weak<dyn Any + Send + Sync>, keep_alive: Arc<dyn Any + Send + Sync>) -> Self {
         ProxyContext { name, version, keep_alive }
     }
 
     /// The registered name of the loadable.
     ///
     /// ```
-    /// # fn f(context: &verdant::ProxyContext) {
+    /// # fn f(context: &verdant_loadable::ProxyContext) {
     /// tracing::debug!(loadable = context.loadable(), "calling");
     /// # }
     /// ```
@@ -92,12 +90,12 @@ impl ProxyContext {
         &self.name
     }
 
-    /// Pins the version, like a [`Pinned`](crate::Pinned) does: its detach
+    /// Pins the version, like a `verdant::Pinned` does: its detach
     /// hook does not run while the pin lives. `None` once the version is
     /// gone (it was replaced and every earlier pin was dropped).
     ///
     /// ```
-    /// # fn f(context: &verdant::ProxyContext) {
+    /// # fn f(context: &verdant_loadable::ProxyContext) {
     /// match context.pin() {
     ///     Some(_pin) => { /* the version stays while `_pin` lives */ }
     ///     None => { /* retired and detached: answer 503 */ }
@@ -113,7 +111,7 @@ impl ProxyContext {
     /// library that may be dropped after the version is gone.
     ///
     /// ```
-    /// # fn f(context: &verdant::ProxyContext) {
+    /// # fn f(context: &verdant_loadable::ProxyContext) {
     /// let _library = context.keep_library_loaded();
     /// # }
     /// ```
@@ -132,7 +130,7 @@ impl fmt::Debug for ProxyContext {
 /// [`ProxyContext::pin`].
 ///
 /// ```
-/// fn hold(pin: verdant::VersionPin) -> impl Send + Sync + 'static { pin }
+/// fn hold(pin: verdant_loadable::VersionPin) -> impl Send + Sync + 'static { pin }
 /// ```
 #[derive(Clone)]
 pub struct VersionPin(#[allow(dead_code)] Arc<dyn Any + Send + Sync>);
@@ -147,7 +145,7 @@ impl fmt::Debug for VersionPin {
 /// [`ProxyContext::keep_library_loaded`].
 ///
 /// ```
-/// fn hold(pin: verdant::LibraryPin) -> impl Send + Sync + 'static { pin }
+/// fn hold(pin: verdant_loadable::LibraryPin) -> impl Send + Sync + 'static { pin }
 /// ```
 #[derive(Clone)]
 pub struct LibraryPin(#[allow(dead_code)] Arc<dyn Any + Send + Sync>);

@@ -2,7 +2,7 @@
 //! host's subscriber and logger.
 //!
 //! A library has its own copy of tracing-core and of `log`, with their own
-//! global dispatcher and logger, both empty (BOUNDARY.md §7): without this
+//! global dispatcher and logger, both empty ([`docs::boundary`](crate::docs::boundary) §7): without this
 //! shim every event of library code would be dropped. Installing a *copy* of
 //! the host's dispatcher at attach is not enough either: a host that sets its
 //! subscriber per thread or per scope (`tracing::subscriber::with_default`,
@@ -21,7 +21,7 @@
 //! call more than in the host). Host subscriber code and the library's
 //! `Debug`/`Display` impls of recorded values call each other across the
 //! boundary; neither should panic (a panic of one side unwinding into the
-//! other side's panic guard aborts, BOUNDARY.md §1).
+//! other side's panic guard aborts, [`docs::boundary`](crate::docs::boundary) §1).
 
 use std::sync::Once;
 
@@ -32,25 +32,16 @@ use tracing::{Event, Metadata};
 use tracing_core::span::Current;
 
 /// Runs a closure with the host's current dispatcher.
-type WithDispatch = fn(&mut dyn FnMut(&Dispatch));
+pub(crate) type WithDispatch = fn(&mut dyn FnMut(&Dispatch));
 
 /// Host functions the library's forwarders call.
 #[doc(hidden)]
 pub struct HostLogging {
-    with_dispatch: WithDispatch,
-    log_enabled: fn(&log::Metadata<'_>) -> bool,
-    log: fn(&log::Record<'_>),
-    log_flush: fn(),
+    pub(crate) with_dispatch: WithDispatch,
+    pub(crate) log_enabled: fn(&log::Metadata<'_>) -> bool,
+    pub(crate) log: fn(&log::Record<'_>),
+    pub(crate) log_flush: fn(),
 }
-
-/// The host's table: runs in the host binary, against its current
-/// dispatcher and logger.
-pub(crate) static HOST_LOGGING: HostLogging = HostLogging {
-    with_dispatch: |f| tracing::dispatcher::get_default(|dispatch| f(dispatch)),
-    log_enabled: |metadata| log::logger().enabled(metadata),
-    log: |record| log::logger().log(record),
-    log_flush: || log::logger().flush(),
-};
 
 /// Library side: makes this library copy forward to `host`. Called by the
 /// attach entry point; once per copy.

@@ -2,7 +2,7 @@
 //!
 //! A loadable links its own copy of `std`, so a panic raised in library code
 //! cannot be caught by the host: the host's `catch_unwind` sees a *foreign*
-//! exception and aborts the process (`../shared/design/BOUNDARY.md` §1). Every
+//! exception and aborts the process ([`docs::boundary`](crate::docs::boundary) §1). Every
 //! entry point into library code therefore runs through [`catch`] (or, for a
 //! future, [`guard_future`]), which is generic so that it is compiled into,
 //! and runs with the `std` of, the library that instantiates it. The host
@@ -13,18 +13,17 @@
 //! [`Panic::resume`] — a panic of its own that host code can catch.
 //!
 //! The guards also enter the host's tokio runtime before they run library
-//! code (BOUNDARY.md §2, see `runtime.rs`), so timers, I/O and
+//! code ([`docs::boundary`](crate::docs::boundary) §2, see `runtime_link.rs`), so timers, I/O and
 //! `tokio::spawn` work in methods, futures and response bodies.
 //!
 //! Entry points guarded here: the attach and detach hooks and the drop of the
 //! instance (through [`crate::export!`]); every method of an interface and
 //! every poll and drop of a future an `async` method returned (through
 //! [`crate::interface`]); the router service, its response futures and
-//! response bodies (through [`crate::axum`]).
+//! response bodies (through [`crate::router`]).
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::fmt;
 use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,109 +31,7 @@ use std::pin::Pin;
 use std::sync::Once;
 use std::task::{Context, Poll};
 
-/// A panic that happened inside a loadable library and was caught there.
-///
-/// Only the message and the source location cross the boundary; the payload
-/// itself is dropped by the library that raised it.
-///
-/// ```
-/// let caught = verdant::boundary::catch(|| -> u32 { panic!("out of stock") });
-/// assert_eq!(caught.unwrap_err().message(), "out of stock");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Panic {
-    message: String,
-    location: Option<String>,
-}
-
-impl Panic {
-    /// Builds a panic record from a message.
-    ///
-    /// ```
-    /// assert_eq!(verdant::boundary::Panic::new("boom").message(), "boom");
-    /// ```
-    pub fn new(message: impl Into<String>) -> Self {
-        Panic { message: message.into(), location: None }
-    }
-
-    /// The panic message (`"<non-string panic payload>"` when the payload was
-    /// neither a `&str` nor a `String`).
-    ///
-    /// ```
-    /// # let p = verdant::boundary::Panic::new("boom");
-    /// println!("library panicked: {}", p.message());
-    /// ```
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// Where the library panicked (`file:line:column`), when known: the
-    /// location is recorded by a panic hook Verdant installs in each loaded
-    /// library, so it is `None` for panics caught outside one.
-    ///
-    /// ```
-    /// # let p = verdant::boundary::Panic::new("boom");
-    /// if let Some(at) = p.location() {
-    ///     println!("library panicked at {at}");
-    /// }
-    /// ```
-    pub fn location(&self) -> Option<&str> {
-        self.location.as_deref()
-    }
-
-    /// Raises this library panic again as a panic of the *host*, which host
-    /// code (for instance a `CatchPanic` layer that turns it into a 500) can
-    /// catch. The payload is a [`LibraryPanic`].
-    ///
-    /// ```
-    /// let p = verdant::boundary::Panic::new("boom");
-    /// let caught = std::panic::catch_unwind(|| p.resume()).unwrap_err();
-    /// assert!(caught.downcast_ref::<verdant::boundary::LibraryPanic>().is_some());
-    /// ```
-    pub fn resume(self) -> ! {
-        std::panic::panic_any(LibraryPanic(self))
-    }
-
-    fn from_payload(payload: &(dyn Any + Send)) -> Self {
-        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "<non-string panic payload>".to_owned()
-        };
-        let location = LAST_LOCATION.with(|last| last.borrow_mut().take());
-        Panic { message, location }
-    }
-}
-
-impl fmt::Display for Panic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.location {
-            Some(location) => write!(f, "panicked at {location}: {}", self.message),
-            None => write!(f, "panicked: {}", self.message),
-        }
-    }
-}
-
-impl std::error::Error for Panic {}
-
-/// The payload of a host panic re-raised by [`Panic::resume`].
-///
-/// ```
-/// # let caught = std::panic::catch_unwind(|| verdant::boundary::Panic::new("x").resume()).unwrap_err();
-/// if let Some(p) = caught.downcast_ref::<verdant::boundary::LibraryPanic>() {
-///     eprintln!("a loadable panicked: {}", p.0.message());
-/// }
-/// ```
-#[derive(Debug, Clone)]
-pub struct LibraryPanic(pub Panic);
-
-impl fmt::Display for LibraryPanic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a loadable library {}", self.0)
-    }
-}
+use crate::panic::Panic;
 
 thread_local! {
     /// The location of the last panic on this thread, written by the hook
@@ -161,6 +58,22 @@ pub(crate) fn install_location_hook() {
     });
 }
 
+/// The [`Panic`] record of a caught payload, with the location the hook
+/// recorded on this thread.
+fn panic_from_payload(payload: &(dyn Any + Send)) -> Panic {
+    let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_owned()
+    };
+    // `try_with`: during thread teardown the slot may be gone, and a panic
+    // here (outside `catch_unwind`) would abort the process.
+    let location = LAST_LOCATION.try_with(|last| last.borrow_mut().take()).ok().flatten();
+    Panic::located(message, location)
+}
+
 /// Runs `f`, turning a panic into a [`Panic`] value.
 ///
 /// Call this only from code compiled into the library (generic code
@@ -170,11 +83,11 @@ pub(crate) fn install_location_hook() {
 /// that a later call relies on.
 ///
 /// ```
-/// assert_eq!(verdant::boundary::catch(|| 2 + 2), Ok(4));
+/// assert_eq!(verdant_loadable::boundary::catch(|| 2 + 2), Ok(4));
 /// ```
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let panic = Panic::from_payload(&*payload);
+        let panic = panic_from_payload(&*payload);
         // The payload was allocated by this copy of std; drop it here, still
         // inside the library, and guard against a payload whose Drop panics.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
@@ -187,12 +100,12 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
 /// like [`catch`].
 ///
 /// ```
-/// assert_eq!(verdant::boundary::call(|| "served"), Ok("served"));
+/// assert_eq!(verdant_loadable::boundary::call(|| "served"), Ok("served"));
 /// ```
 #[inline]
 pub fn call<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
     catch(|| {
-        let _runtime = crate::runtime::enter();
+        let _runtime = crate::library::runtime_link::enter();
         f()
     })
 }
@@ -212,8 +125,8 @@ pub type BoundaryFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Panic>> +
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let future = verdant::boundary::guard_future(|| async { panic!("sold out") });
-/// let error: verdant::boundary::Panic = future.await.unwrap_err();
+/// let future = verdant_loadable::boundary::guard_future(|| async { panic!("sold out") });
+/// let error: verdant_loadable::boundary::Panic = future.await.unwrap_err();
 /// assert_eq!(error.message(), "sold out");
 /// # });
 /// ```
@@ -390,7 +303,7 @@ mod tests {
     fn panics_carry_no_location_outside_a_loaded_library_and_display_it_inside() {
         let plain = catch(|| panic!("plain")).unwrap_err();
         assert_eq!(plain.to_string(), "panicked: plain");
-        let located = Panic { message: "boom".to_owned(), location: Some("src/lib.rs:3:5".to_owned()) };
+        let located = Panic::located("boom".to_owned(), Some("src/lib.rs:3:5".to_owned()));
         assert_eq!(located.to_string(), "panicked at src/lib.rs:3:5: boom");
     }
 }

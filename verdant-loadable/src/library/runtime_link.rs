@@ -1,7 +1,7 @@
 //! Boundary shim, library side: the link from a loaded library to its host.
 //!
 //! Every `static` of every crate linked into a library is a fresh copy per
-//! loaded version (BOUNDARY.md §7), tokio's thread-local runtime context
+//! loaded version ([`docs::boundary`](crate::docs::boundary) §7), tokio's thread-local runtime context
 //! included: library code polled by a host worker thread finds *its* copy of
 //! that context empty, and `tokio::time::sleep`, tokio I/O or `tokio::spawn`
 //! panic with "there is no reactor running" (§2). The attach entry point
@@ -39,7 +39,7 @@
 //!   and tries again next time.
 //! - What it keeps: one handle clone per thread that ran this library copy,
 //!   released by tokio's thread-local destructor when the thread exits (such
-//!   destructors already keep the library mapped, BOUNDARY.md §4).
+//!   destructors already keep the library mapped, [`docs::boundary`](crate::docs::boundary) §4).
 
 use std::any::Any;
 use std::cell::Cell;

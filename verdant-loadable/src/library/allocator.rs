@@ -1,7 +1,7 @@
 //! Boundary shim: the library allocates with the host's global allocator.
 //!
 //! A loadable links its own `std`, and with it its own `#[global_allocator]`
-//! (the system allocator unless it says otherwise, BOUNDARY.md §7). Values
+//! (the system allocator unless it says otherwise, [`docs::boundary`](crate::docs::boundary) §7). Values
 //! cross the boundary by ownership all the time — a `String` a method
 //! returns is freed by the host, an argument the host passes may be freed by
 //! the library, a panic message crosses as a `String` — so both sides must
@@ -25,20 +25,11 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 /// The host's allocation functions, handed to a library at load time.
 #[doc(hidden)]
 pub struct AllocatorTable {
-    alloc: unsafe fn(Layout) -> *mut u8,
-    alloc_zeroed: unsafe fn(Layout) -> *mut u8,
-    dealloc: unsafe fn(*mut u8, Layout),
-    realloc: unsafe fn(*mut u8, Layout, usize) -> *mut u8,
+    pub(crate) alloc: unsafe fn(Layout) -> *mut u8,
+    pub(crate) alloc_zeroed: unsafe fn(Layout) -> *mut u8,
+    pub(crate) dealloc: unsafe fn(*mut u8, Layout),
+    pub(crate) realloc: unsafe fn(*mut u8, Layout, usize) -> *mut u8,
 }
-
-/// The host's table: `std::alloc` of the host binary, so its global
-/// allocator.
-pub(crate) static HOST_TABLE: AllocatorTable = AllocatorTable {
-    alloc: std::alloc::alloc,
-    alloc_zeroed: std::alloc::alloc_zeroed,
-    dealloc: std::alloc::dealloc,
-    realloc: std::alloc::realloc,
-};
 
 /// The global allocator [`export!`](crate::export!) gives every loadable.
 ///

@@ -5,7 +5,7 @@
 //! inside the host's runtime context), but the task it starts is polled by a
 //! host worker thread that never entered the *library's* copy of the tokio
 //! context: a task that touches a timer or tokio I/O panics with "there is
-//! no reactor running" (BOUNDARY.md §2). [`spawn`] wraps the task so that
+//! no reactor running" ([`docs::boundary`](crate::docs::boundary) §2). [`spawn`] wraps the task so that
 //! each poll enters the host's runtime, and ties it to its version:
 //!
 //! - the task keeps its version's library loaded while it runs (its code and
@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// The tasks this library copy started that have not ended yet. Each copy of
-/// a library has its own (BOUNDARY.md §7), so this is per version.
+/// a library has its own ([`docs::boundary`](crate::docs::boundary) §7), so this is per version.
 ///
 /// The lock is never held while a task is spawned or aborted: tokio may drop
 /// a task right there, and its drop takes the lock. A task can therefore end
@@ -65,7 +65,7 @@ fn with_tasks<R>(f: impl FnOnce(&mut HashMap<u64, Entry>) -> R) -> R {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let task = verdant::spawn(async {
+/// let task = verdant_loadable::spawn(async {
 ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
 ///     "refreshed"
 /// });
@@ -78,8 +78,8 @@ where
     F::Output: Send + 'static,
 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let task = Task { future, id, _keep_alive: crate::runtime::keep_alive() };
-    let handle = match crate::runtime::link().and_then(|link| link.runtime.as_ref()) {
+    let task = Task { future, id, _keep_alive: crate::library::runtime_link::keep_alive() };
+    let handle = match crate::library::runtime_link::link().and_then(|link| link.runtime.as_ref()) {
         Some(runtime) => runtime.spawn(task),
         None => tokio::spawn(task),
     };
@@ -104,7 +104,7 @@ where
 /// struct Refresher;
 /// impl Refresher {
 ///     fn detach(&mut self) {
-///         let cancelled = verdant::task::abort_all();
+///         let cancelled = verdant_loadable::task::abort_all();
 ///         tracing::info!(cancelled, "background tasks stopped");
 ///     }
 /// }
@@ -131,7 +131,7 @@ pub fn abort_all() -> usize {
 /// running.
 ///
 /// ```
-/// assert_eq!(verdant::task::running(), 0);
+/// assert_eq!(verdant_loadable::task::running(), 0);
 /// ```
 pub fn running() -> usize {
     with_tasks(|tasks| tasks.values().filter(|entry| matches!(entry, Entry::Running(_))).count())
@@ -155,7 +155,7 @@ impl<F: Future> Future for Task<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // SAFETY: `future` is structurally pinned (see the type's docs).
         let future = unsafe { self.map_unchecked_mut(|task| &mut task.future) };
-        let _runtime = crate::runtime::enter();
+        let _runtime = crate::library::runtime_link::enter();
         future.poll(cx)
     }
 }

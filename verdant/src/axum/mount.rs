@@ -1,5 +1,4 @@
-//! Host side of a router: serving a [`LibraryRouter`] and mounting a
-//! loadable's router per request.
+//! Mounting a loadable's router, looked up per request.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -12,171 +11,13 @@ use std::task::{Context, Poll};
 use ::axum::body::Body;
 use ::axum::http::{Request, Response, StatusCode};
 use ::axum::Router;
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use super::library::LibraryRouter;
-use crate::boundary::{BoundaryFuture, LibraryPanic};
+use verdant_loadable::__private::{internal_error, plain_response as text};
+
+use crate::boundary::LibraryPanic;
 use crate::error::{Error, HandleError};
 use crate::handle::Handle;
-use crate::interface::{Interface, LibraryPin, ProxyContext, VersionPin};
-
-impl LibraryRouter {
-    /// Host side: an ordinary `axum::Router` that serves every request with
-    /// this library router. Each request pins the version `context` belongs
-    /// to until its response body is finished or dropped; once that version
-    /// is gone, the router answers 503 (ask the handle for the current one,
-    /// or serve through [`mount`], which does).
-    ///
-    /// The proxy that `#[verdant::interface]` generates calls this; you
-    /// normally never do.
-    ///
-    /// ```
-    /// fn serve(library: verdant::axum::LibraryRouter, context: &verdant::ProxyContext) -> axum::Router {
-    ///     library.into_router(context)
-    /// }
-    /// ```
-    pub fn into_router(self, context: &ProxyContext) -> Router {
-        let service = HostRouterService {
-            library: Arc::new(self),
-            context: context.clone(),
-            library_pin: context.keep_library_loaded(),
-        };
-        Router::new().fallback_service(service)
-    }
-}
-
-/// Serves requests with a library's router (see [`LibraryRouter::into_router`]).
-///
-/// Field order matters: the library router (whose drop is library code) is
-/// dropped before the pin that keeps the library loaded.
-#[derive(Clone)]
-struct HostRouterService {
-    library: Arc<LibraryRouter>,
-    context: ProxyContext,
-    library_pin: LibraryPin,
-}
-
-impl tower::Service<Request<Body>> for HostRouterService {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = InFlight;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A library router is always ready (axum routers are); readiness is
-        // checked library-side, under the guard, inside `call`.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> InFlight {
-        let Some(version) = self.context.pin() else {
-            return InFlight::Answered(Some(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "loadable `{}`: this router belongs to a version that was replaced; serve through \
-                     verdant::axum::mount, which looks the current version up per request\n",
-                    self.context.loadable()
-                ),
-            )));
-        };
-        InFlight::Running {
-            future: self.library.service.call(request),
-            version: Some(version),
-            library: self.library_pin.clone(),
-            loadable: self.context.clone(),
-        }
-    }
-}
-
-/// The response future of [`HostRouterService`].
-///
-/// Field order matters: the library's future is dropped before the pins.
-enum InFlight {
-    Running {
-        future: BoundaryFuture<'static, Response<Body>>,
-        version: Option<VersionPin>,
-        library: LibraryPin,
-        loadable: ProxyContext,
-    },
-    Answered(Option<Response<Body>>),
-}
-
-impl Future for InFlight {
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Every field is `Unpin`.
-        let this = self.get_mut();
-        let response = match this {
-            InFlight::Answered(response) => response
-                .take()
-                .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, "polled after completion\n".to_owned())),
-            InFlight::Running { future, version, library, loadable } => match future.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(response)) => response
-                    .map(|body| Body::new(PinnedBody { body, version: version.take(), _library: library.clone() })),
-                Poll::Ready(Err(panic)) => {
-                    tracing::error!(loadable = loadable.loadable(), panic = %panic, "a library request handler panicked; answered 500");
-                    internal_error(loadable.loadable())
-                }
-            },
-        };
-        Poll::Ready(Ok(response))
-    }
-}
-
-/// A library's response body (already guarded library-side), holding its
-/// version pinned until the body ends or is dropped, and its library loaded
-/// until it is dropped.
-///
-/// Field order matters: the body (whose code is the library's) is dropped
-/// before the pins.
-struct PinnedBody {
-    body: Body,
-    version: Option<VersionPin>,
-    _library: LibraryPin,
-}
-
-impl HttpBody for PinnedBody {
-    type Data = Bytes;
-    type Error = ::axum::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ::axum::Error>>> {
-        // `Body` is `Unpin`, and so is this type.
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = frame {
-            // The body is finished: the version may retire now.
-            this.version = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        ::axum::http::header::CONTENT_TYPE,
-        ::axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// The answer to a panic: a plain 500 that names the loadable but not the
-/// panic (the log has the message and the location).
-fn internal_error(loadable: &str) -> Response<Body> {
-    text(StatusCode::INTERNAL_SERVER_ERROR, format!("internal server error in loadable `{loadable}`\n"))
-}
-
+use crate::Interface;
 /// Mounts a loadable's router under `/<name>/`, where `<name>` is the name
 /// the loadable was added with.
 ///
@@ -199,7 +40,7 @@ fn internal_error(loadable: &str) -> Response<Body> {
 /// `A-Z a-z 0-9 - . _ ~`).
 ///
 /// ```no_run
-/// # #[verdant::interface]
+/// # #[verdant_loadable::interface]
 /// # pub trait Shop: Send + Sync { fn router(&self) -> axum::Router; }
 /// # fn demo(verdant: verdant::Verdant) -> Result<(), verdant::Error> {
 /// let shop: verdant::Handle<dyn Shop> = verdant.handle("shop")?;
