@@ -29,8 +29,8 @@
 //!   Panics of host code are answered 500 by
 //!   `tower_http::catch_panic::CatchPanicLayer`.
 //!
-//! Run it with `scripts/demo` (which builds host and library in one cargo
-//! invocation, as Verdant requires) and see `demo-app --help`.
+//! Run it with `scripts/demo` (which builds host and library first; add
+//! `--release` for the release profile) and see `demo-app --help`.
 //!
 //! On start it prints exactly one line to stdout,
 //! `verdant demo listening on http://<addr> (pid <pid>)`; logs go to stderr
