@@ -125,7 +125,7 @@ pub fn system_library() -> PathBuf {
 /// The feature-mismatch fixture: `tests/mismatch`, a loadable built in its
 /// own cargo workspace whose tokio has one feature more than the root
 /// workspace's, so its crossing types have other `TypeId`s than the test
-/// host's (BOUNDARY.md §3).
+/// host's (docs/boundary.md §3).
 ///
 /// Built on first use with `cargo build --manifest-path
 /// tests/mismatch/Cargo.toml --target-dir target/mismatch` (its own target
