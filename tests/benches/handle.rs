@@ -13,7 +13,7 @@
 //! - `verdant_pinned_call`: a call on an already pinned version (the cost of
 //!   the proxy and guard alone).
 //! - `verdant_get_call_runtime`: the same, from a registry with a tokio
-//!   runtime, which library code must find (BOUNDARY.md §2): each thread
+//!   runtime, which library code must find (docs/boundary.md §2): each thread
 //!   enters it once, on its first call (see verdant's `runtime.rs`).
 //! - `async/*`: an `async fn` of the interface that is ready at once, polled
 //!   once: a host-local `async_trait` object (`local_async`) against the

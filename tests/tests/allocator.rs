@@ -1,4 +1,4 @@
-//! A library allocates with the host's global allocator (BOUNDARY.md §7).
+//! A library allocates with the host's global allocator (docs/boundary.md §7).
 //!
 //! This test binary's global allocator is deliberately *not* the system
 //! allocator's twin: every block carries a 16-byte header with a magic

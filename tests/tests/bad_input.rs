@@ -214,6 +214,7 @@ fn a_build_with_another_feature_set_is_refused_at_check() {
     let s = serving_v1(|b| b);
     s.artifact.install_bytes(&std::fs::read(&mismatch).expect("read mismatch fixture"));
     let (error, message) = s.refused_at(Step::Check);
+    println!("the message a user sees: {message}");
     match &error.kind {
         LoadError::TypeMismatch { crate_name, role, host_type, library_type, also } => {
             // The fixture's tokio has one feature more; every crate before

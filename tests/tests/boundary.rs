@@ -1,6 +1,6 @@
 //! The dlopen boundary, against the real `edge-v1`/`edge-v2` libraries
 //! (`fixture_api::edge`): every way library code can touch it
-//! (BOUNDARY.md §1, §2, §7).
+//! (docs/boundary.md §1, §2, §7).
 //!
 //! - a panic in a method, sync or async, is contained in the library and
 //!   delivered as `Err(Panicked)` when the method returns a `Result`

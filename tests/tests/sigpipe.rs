@@ -1,4 +1,4 @@
-//! SIGPIPE as a reload trigger (BOUNDARY.md §6): `kill -PIPE <pid>` from
+//! SIGPIPE as a reload trigger (docs/boundary.md §6): `kill -PIPE <pid>` from
 //! another process reloads; SIGPIPEs the process raises itself (a write to a
 //! broken pipe, a self-`kill`) are counted and ignored; no SIGPIPE ever kills
 //! the process, with or without the listener.

@@ -215,7 +215,7 @@ fn a_retired_copy_is_deleted_but_stays_mapped() {
     assert_eq!(retired.detach, DetachState::Detached);
     assert_eq!(retired.in_flight, 0);
     assert!(retired.retired_at.is_some());
-    assert!(retired.mapped, "the retired library is still mapped (BOUNDARY.md §4): {}", verdant.status());
+    assert!(retired.mapped, "the retired library is still mapped (docs/boundary.md §4): {}", verdant.status());
     assert!(retired.mapped_bytes >= 4096, "its mappings are measured: {} bytes", retired.mapped_bytes);
 
     // Only the serving version's copy is left.
@@ -321,7 +321,7 @@ fn a_restart_with_a_configured_private_dir_attaches_again() {
 fn unmap_retired_unmaps_a_library_whose_code_ran_only_on_exited_threads() {
     // The fixture's attach hook ran on its own thread, which has exited (so
     // its thread-local destructors ran); its methods ran on this thread
-    // without thread-locals. Nothing pins it (BOUNDARY.md §4), so dlclose
+    // without thread-locals. Nothing pins it (docs/boundary.md §4), so dlclose
     // really unmaps it and status() must say so.
     let artifact = Artifact::new("good-v1");
     let (verdant, _shared, _probe) = verdant_tests::attached_with(&artifact, |b| b.unmap_retired(true));

@@ -4,10 +4,11 @@
 //! Both sides depend on this crate, and it is the only code they share: the
 //! [`Shop`] interface the library serves, the [`ShopContext`] the host hands
 //! to its attach hook, and the plain data types that cross the boundary
-//! ([`Quote`], [`ShopError`]). Everything here must be built in the same
-//! `cargo build -p demo-app -p shop-lib` as host and library; Verdant compares
-//! the `TypeId`s of the interface and the context at load time and refuses a
-//! library built any other way.
+//! ([`Quote`], [`ShopError`]). It depends on `verdant-loadable` only, never on
+//! the host crate. Host and library must build it with one feature set:
+//! Verdant compares the `TypeId`s of the interface and the context at load
+//! time; the workspace-hack makes `cargo build -p shop-lib` alone agree with
+//! the demo's build.
 
 #![warn(missing_docs)]
 

@@ -1,26 +1,9 @@
-//! Boundary shims: what keeps library code from taking the host down.
-//!
-//! A loadable links its own copy of `std`, so a panic raised in library code
-//! cannot be caught by the host: the host's `catch_unwind` sees a *foreign*
-//! exception and aborts the process ([`docs::boundary`](crate::docs::boundary) §1). Every
-//! entry point into library code therefore runs through [`catch`] (or, for a
-//! future, [`guard_future`]), which is generic so that it is compiled into,
-//! and runs with the `std` of, the library that instantiates it. The host
-//! reaches that code only through a vtable or function pointer the library
-//! made, never by calling the function itself (which would run the host's
-//! own copy). The panic becomes a [`Panic`] value that crosses the boundary
-//! as data; the host may turn it into an error, an HTTP 500, or — through
-//! [`Panic::resume`] — a panic of its own that host code can catch.
-//!
-//! The guards also enter the host's tokio runtime before they run library
-//! code ([`docs::boundary`](crate::docs::boundary) §2, see `runtime_link.rs`), so timers, I/O and
-//! `tokio::spawn` work in methods, futures and response bodies.
-//!
-//! Entry points guarded here: the attach and detach hooks and the drop of the
-//! instance (through [`crate::export!`]); every method of an interface and
-//! every poll and drop of a future an `async` method returned (through
-//! [`crate::interface`]); the router service, its response futures and
-//! response bodies (through [`crate::router`]).
+//! The panic guards (library side): [`catch`], [`call`] and
+//! [`guard_future`], public as `verdant_loadable::boundary`, whose docs
+//! explain why they must be compiled into the library. Used by the attach
+//! entry and the instance's retirement (`export.rs`), the boundary trait the
+//! interface macro generates, and the router and body wrappers
+//! (`router.rs`).
 
 use std::any::Any;
 use std::cell::RefCell;
