@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ use std::task::{Context as TaskContext, Waker};
 use fixture_api::edge::{Edge, EdgeContext, EdgeError, EdgeShared};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
-use tracing::{Event, Subscriber};
+use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use verdant::boundary::LibraryPanic;
@@ -227,6 +228,7 @@ struct SeenSpan {
 struct Seen {
     events: Arc<Mutex<Vec<SeenEvent>>>,
     spans: Arc<Mutex<Vec<SeenSpan>>>,
+    closed: Arc<Mutex<Vec<String>>>,
 }
 
 impl Seen {
@@ -238,6 +240,10 @@ impl Seen {
         self.spans.lock().unwrap().clone()
     }
 
+    fn closed(&self) -> Vec<String> {
+        self.closed.lock().unwrap().clone()
+    }
+
     /// The events with target `edge` whose `word` field is `word`.
     fn edge_events_with(&self, word: &str) -> Vec<SeenEvent> {
         self.events()
@@ -247,8 +253,8 @@ impl Seen {
     }
 }
 
-/// A layer that records every event (target, fields, span) and every new
-/// span (name, parent).
+/// A layer that records every event (target, fields, span), every new
+/// span (name, parent) and every closed span (name).
 struct Recorder(Seen);
 
 impl<S> Layer<S> for Recorder
@@ -259,6 +265,11 @@ where
         let span = ctx.span(id).expect("the registry knows a span it just created");
         let parent = span.parent().map(|parent| parent.name().to_owned());
         self.0.spans.lock().unwrap().push(SeenSpan { name: span.name().to_owned(), parent });
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let span = ctx.span(&id).expect("the registry knows a span it closes");
+        self.0.closed.lock().unwrap().push(span.name().to_owned());
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -353,6 +364,33 @@ impl log::Log for CaptureLog {
     }
 
     fn flush(&self) {}
+}
+
+#[test]
+fn a_library_span_is_closed_by_the_subscriber_that_created_it() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let _context = runtime.enter();
+    let artifact = Artifact::new("edge-v1");
+    let (_verdant, _shared, edge) = attach_edge(&artifact);
+    let (first, second) = (Seen::default(), Seen::default());
+    let first_dispatch = Dispatch::new(tracing_subscriber::registry().with(Recorder(first.clone())));
+    let second_dispatch = Dispatch::new(tracing_subscriber::registry().with(Recorder(second.clone())));
+
+    let pinned = edge.get().expect("get");
+    let mut nap = pinned.nap_in_span(60_000);
+    let mut poll = || nap.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())).is_pending();
+    // The library creates and enters its span under the first subscriber...
+    assert!(tracing::dispatcher::with_default(&first_dispatch, &mut poll), "the nap is pending");
+    // ...and the future is dropped where the second one is current. The
+    // second subscriber never saw the span: asked to enter or close it, it
+    // would panic, inside the library's guard, and abort the process.
+    tracing::dispatcher::with_default(&second_dispatch, || drop(nap));
+
+    let names = |spans: Vec<SeenSpan>| spans.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(names(first.spans()), ["edge_nap"]);
+    assert_eq!(first.closed(), ["edge_nap"], "the span is closed by the subscriber that created it");
+    assert!(second.spans().is_empty() && second.closed().is_empty(), "the other subscriber heard of no span");
+    assert_eq!(pinned.version(), 1, "the version keeps serving");
 }
 
 #[test]
