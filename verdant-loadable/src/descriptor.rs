@@ -152,6 +152,12 @@ pub struct AttachArgs {
     /// The host functions the library's logging shim forwards to
     /// (`library/logging.rs`; the library's `static`s are its own, [`docs::boundary`](crate::docs::boundary) §7).
     pub logging: &'static crate::library::logging::HostLogging,
+    /// Set by the host when `runtime` was shut down; every guarded call
+    /// then fails with a message saying so instead of running library code.
+    pub runtime_gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the calling thread belongs to a tokio runtime, answered by
+    /// the host's tokio (only such threads enter the runtime for good).
+    pub on_runtime_thread: fn() -> bool,
     /// Keeps the library mapped while the library holds a clone (its tasks,
     /// the routers it hands out). Its last drop hands the unmapping to the
     /// registry's retirement thread, never to the thread that dropped it,
@@ -194,6 +200,9 @@ pub struct Descriptor {
     /// How many tasks the library started with `verdant_loadable::spawn` are still
     /// running (`crate::task::running` of the library's copy).
     pub tasks_running: fn() -> usize,
+    /// Drops the library's runtime handle; the host calls it once the last
+    /// keep-alive of the library is gone (no library code runs any more).
+    pub release_host_link: fn(),
     /// Runs the attach hook; writes an `AttachOutcome<I>` to `out`.
     ///
     /// # Safety

@@ -176,9 +176,10 @@ pub mod __private {
 
     pub use crate::host::deliver::{Deliver, DeliverAsError, DeliverAsPanic};
     pub use crate::host::router::{internal_error, plain_response};
-    pub use crate::host::tables::{HOST_ALLOCATOR, HOST_LOGGING};
+    pub use crate::host::tables::{on_runtime_thread, HOST_ALLOCATOR, HOST_LOGGING};
     pub use crate::library::export::{attach_entry, write_fingerprints};
     pub use crate::library::logging::HostLogging;
+    pub use crate::library::runtime_link::release as release_host_link;
 }
 
 /// Makes a trait callable across the library boundary.

@@ -74,6 +74,7 @@ pub(crate) fn attach<I: Interface + ?Sized>(
     env: &AttachEnv,
     loadable: &str,
     keep_alive: Arc<dyn Any + Send + Sync>,
+    runtime_gone: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Box<dyn Instance<I>>, LoadError> {
     let id = env.stuck.next_id.fetch_add(1, Ordering::Relaxed);
     let thread_name = format!("verdant-attach-{loadable}-{id}");
@@ -91,6 +92,8 @@ pub(crate) fn attach<I: Interface + ?Sized>(
             let args = AttachArgs {
                 context: Arc::as_ptr(&context).cast::<()>(),
                 runtime,
+                runtime_gone,
+                on_runtime_thread: verdant_loadable::__private::on_runtime_thread,
                 logging: &verdant_loadable::__private::HOST_LOGGING,
                 keep_alive,
             };

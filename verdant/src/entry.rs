@@ -13,6 +13,7 @@ use crate::descriptor::{self, Fingerprint};
 use crate::error::LoadError;
 use crate::handle::Slot;
 use crate::loader::LoadedLibrary;
+use crate::runtime_watch::RuntimeWatch;
 use crate::version::{DetachState, LibraryKeepAlive, Retirement, Version, VersionMeta};
 use crate::Interface;
 
@@ -121,9 +122,11 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
         env: &AttachEnv,
         retirement: &Retirement,
     ) -> Result<Box<dyn Prepared>, LoadError> {
-        let keep_alive = Arc::new(LibraryKeepAlive::new(library.clone(), retirement.clone()));
+        let watch = RuntimeWatch::start(env.runtime.as_ref());
+        let runtime_gone = watch.gone();
+        let keep_alive = Arc::new(LibraryKeepAlive::new(library.clone(), retirement.clone(), watch));
         let _ = meta.library.set(Arc::downgrade(&keep_alive));
-        let instance = attach::attach::<I>(&library, env, &self.slot.name, keep_alive.clone())?;
+        let instance = attach::attach::<I>(&library, env, &self.slot.name, keep_alive.clone(), runtime_gone)?;
         let version = Version::new(instance, library, keep_alive, meta, retirement.clone(), self.slot.name.clone());
         Ok(Box::new(PreparedVersion { slot: self.slot.clone(), version }))
     }

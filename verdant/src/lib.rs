@@ -96,6 +96,7 @@ mod loader;
 mod private_dir;
 mod registry;
 mod report;
+mod runtime_watch;
 mod sigpipe;
 mod status;
 mod transaction;

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use crate::descriptor::Instance;
 use crate::loader::LoadedLibrary;
 use crate::report::VersionInfo;
+use crate::runtime_watch::RuntimeWatch;
 use crate::{Interface, ProxyContext};
 
 /// What is known about a version after it stopped serving.
@@ -89,18 +90,22 @@ impl Retirement {
 /// only a `Weak` to it (see `runtime.rs`); the version and each task or
 /// router hold strong references.
 ///
-/// The last reference may be dropped by a thread that is still running
-/// library code (a task ending on a worker thread). Unmapping the library
-/// there would pull the code out from under it, so the final drop of the
-/// library is handed to the retirement thread.
+/// When the last keep-alive is dropped, no library code of this copy can
+/// run again: the copy's link to the host runtime is released (its handle
+/// would otherwise keep the runtime's driver alive for ever) and the watch
+/// on that runtime stops. The last reference may be dropped by a thread
+/// that is still running library code (a task ending on a worker thread),
+/// so both, and the final drop of the library, are handed to the
+/// retirement thread.
 pub(crate) struct LibraryKeepAlive {
     library: Option<Arc<LoadedLibrary>>,
     retirement: Retirement,
+    watch: Option<RuntimeWatch>,
 }
 
 impl LibraryKeepAlive {
-    pub(crate) fn new(library: Arc<LoadedLibrary>, retirement: Retirement) -> Self {
-        LibraryKeepAlive { library: Some(library), retirement }
+    pub(crate) fn new(library: Arc<LoadedLibrary>, retirement: Retirement, watch: RuntimeWatch) -> Self {
+        LibraryKeepAlive { library: Some(library), retirement, watch: Some(watch) }
     }
 
     /// `verdant_loadable::task::running()` of the library's own copy (verdant's
@@ -120,13 +125,13 @@ impl std::fmt::Debug for LibraryKeepAlive {
 impl Drop for LibraryKeepAlive {
     fn drop(&mut self) {
         let Some(library) = self.library.take() else { return };
-        if Arc::strong_count(&library) > 1 {
-            // Someone else holds the library (the version, the transaction):
-            // this drop cannot be the one that unmaps it.
+        let watch = self.watch.take();
+        self.retirement.submit(Box::new(move || {
+            // The library's own code; it catches what it runs.
+            (library.descriptor().release_host_link)();
+            drop(watch);
             drop(library);
-        } else {
-            self.retirement.submit(Box::new(move || drop(library)));
-        }
+        }));
     }
 }
 

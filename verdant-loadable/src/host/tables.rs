@@ -28,3 +28,12 @@ pub static HOST_LOGGING: HostLogging = HostLogging {
     log: |record| log::logger().log(record),
     log_flush: || log::logger().flush(),
 };
+
+/// Whether the calling thread is polling a tokio task, as the host's tokio
+/// sees it (handed to the library as `AttachArgs::on_runtime_thread`): then
+/// it is a thread a runtime owns (a worker, a blocking-pool thread, or the
+/// thread driving a current-thread runtime), which ends with its runtime.
+/// A plain thread inside `block_on` is not one: its root future is no task.
+pub fn on_runtime_thread() -> bool {
+    tokio::task::try_id().is_some()
+}

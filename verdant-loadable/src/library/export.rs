@@ -136,8 +136,8 @@ impl<L: Loadable> Instance<L::Interface> for Attached<L> {
         let mut this = self;
         // Detach and drop are guarded separately: a value dropped while a
         // detach panic unwinds would abort if its Drop panicked too.
-        let detached = crate::boundary::call(|| this.value.detach());
-        let dropped = crate::boundary::call(move || drop(this));
+        let detached = crate::library::guard::cleanup(|| this.value.detach());
+        let dropped = crate::library::guard::cleanup(move || drop(this));
         detached.and(dropped)
     }
 }
@@ -165,14 +165,17 @@ pub unsafe fn attach_entry<L: Loadable>(
         crate::library::guard::install_location_hook();
         crate::library::logging::install(args.logging);
         crate::library::runtime_link::install(crate::library::runtime_link::HostLink {
-            runtime: args.runtime.clone(),
+            runtime: std::sync::Mutex::new(args.runtime.clone()),
+            runtime_gone: args.runtime_gone.clone(),
+            on_runtime_thread: args.on_runtime_thread,
             keep_alive: std::sync::Arc::downgrade(&args.keep_alive),
         });
-        let _runtime = crate::library::runtime_link::enter();
-        // SAFETY: the loader checked that the context fingerprint equals
-        // `L::Context`'s, and the host keeps the context alive for the call.
-        let context = unsafe { &*args.context.cast::<L::Context>() };
-        L::attach(context)
+        crate::library::runtime_link::with_runtime(|| {
+            // SAFETY: the loader checked that the context fingerprint equals
+            // `L::Context`'s, and the host keeps the context alive for the call.
+            let context = unsafe { &*args.context.cast::<L::Context>() };
+            L::attach(context)
+        })
     }) {
         Ok(Ok(value)) => Ok(Box::new(Attached { value, boundary })),
         Ok(Err(error)) => Err(AttachFailure::Failed(error.message)),
@@ -224,6 +227,7 @@ macro_rules! export {
             },
             fingerprints: $crate::__private::write_fingerprints::<$loadable>,
             tasks_running: $crate::task::running,
+            release_host_link: $crate::__private::release_host_link,
             attach: {
                 fn upcast(
                     value: &$loadable,

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Once;
 use std::task::{Context, Poll};
 
+use crate::library::runtime_link;
 use crate::panic::Panic;
 
 thread_local! {
@@ -79,18 +80,30 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
 }
 
 /// Runs `f` inside the host's runtime context and turns a panic into a
-/// [`Panic`]: the guard around every interface method. Library side only,
-/// like [`catch`].
+/// [`Panic`]: the guard around every interface method, poll and body frame.
+/// Library side only, like [`catch`].
+///
+/// When the runtime this library copy was attached with has been shut down,
+/// `f` does not run and the result is a [`Panic`] that says so
+/// ([`docs::boundary`](crate::docs::boundary) §2): library code would only
+/// fail further in, with tokio's "no reactor running".
 ///
 /// ```
 /// assert_eq!(verdant_loadable::boundary::call(|| "served"), Ok("served"));
 /// ```
 #[inline]
 pub fn call<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
-    catch(|| {
-        let _runtime = crate::library::runtime_link::enter();
-        f()
-    })
+    if runtime_link::runtime_gone() {
+        return Err(Panic::new(runtime_link::RUNTIME_GONE));
+    }
+    cleanup(f)
+}
+
+/// Like [`call`], but runs `f` even after the runtime was shut down: for
+/// detach hooks and drops, which must run exactly once whatever happened.
+#[inline]
+pub(crate) fn cleanup<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
+    catch(|| runtime_link::with_runtime(f))
 }
 
 /// A future made by a library, as the host receives it: every poll and the
@@ -183,7 +196,7 @@ impl<F> Guarded<F> {
         let State::Running(future) = &mut self.state else { return Ok(()) };
         // SAFETY: dropped in place exactly once: `state` becomes `Done`
         // right after, and dropping a `ManuallyDrop` does nothing.
-        let dropped = call(|| unsafe { ManuallyDrop::drop(future) });
+        let dropped = cleanup(|| unsafe { ManuallyDrop::drop(future) });
         self.state = State::Done;
         dropped
     }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::boundary::{call, guard_future, BoundaryFuture, Panic};
+use crate::library::guard::cleanup;
 
 /// A router made by library code, wrapped so that the host can serve it
 /// without ever running an unguarded line of library code.
@@ -92,7 +93,7 @@ impl RouterBoundary for GuardedRouter {
 impl Drop for GuardedRouter {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here.
-        if let Err(panic) = call(|| unsafe { ManuallyDrop::drop(&mut self.router) }) {
+        if let Err(panic) = cleanup(|| unsafe { ManuallyDrop::drop(&mut self.router) }) {
             tracing::error!(panic = %panic, "dropping a library router panicked; contained");
         }
     }
@@ -168,7 +169,7 @@ impl HttpBody for GuardedBody {
 impl Drop for GuardedBody {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here.
-        if let Err(panic) = call(|| unsafe { ManuallyDrop::drop(&mut self.inner) }) {
+        if let Err(panic) = cleanup(|| unsafe { ManuallyDrop::drop(&mut self.inner) }) {
             tracing::error!(panic = %panic, "dropping a library response body panicked; contained");
         }
     }

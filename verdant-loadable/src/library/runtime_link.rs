@@ -37,23 +37,58 @@
 //!   runtime context of this copy (library code entered one itself, or an
 //!   outer guard of ours is live), [`enter`] falls back to a scoped guard
 //!   and tries again next time.
-//! - What it keeps: one handle clone per thread that ran this library copy,
-//!   released by tokio's thread-local destructor when the thread exits (such
-//!   destructors already keep the library mapped, [`docs::boundary`](crate::docs::boundary) §4).
+//! - Only threads that are polling a tokio task enter for good (the host
+//!   tells, through [`HostLink::on_runtime_thread`], with its own tokio's
+//!   `task::try_id`): such a thread is owned by a runtime (a worker, a
+//!   blocking-pool thread, the thread driving a current-thread runtime) and
+//!   ends with it, and tokio's thread-local destructor then drops the handle
+//!   clone the forgotten guard left. Any other thread (the registry's
+//!   retirement thread, a plain `std::thread` calling a sync method, a
+//!   thread inside `block_on`) enters around each call, so it never keeps a
+//!   runtime alive; it pays one entry per call (the cost measured above).
+//!   One case still keeps a handle until its thread exits: a thread that
+//!   drives a current-thread runtime, shuts it down and keeps running.
+//!
+//! # Releasing the link, and a runtime that is gone
+//!
+//! A handle keeps its whole runtime alive (driver, I/O descriptors, timer
+//! wheel), so the link must not hold one for ever: the library copy's
+//! statics live as long as the mapping, which is usually the process.
+//! When the last keep-alive of the library copy is dropped, no library code
+//! of it can run any more, and the host calls [`release`] (through the
+//! descriptor), which drops the handle. A registry that builds a runtime,
+//! attaches, revokes and shuts the runtime down therefore leaves nothing of
+//! that runtime behind.
+//!
+//! The runtime a version was attached with can also be shut down while the
+//! version still serves (a host that creates a runtime per test, or shuts
+//! down in the wrong order). tokio calls in library code would then panic
+//! with "no reactor running" or "being shutdown", far from the cause. The
+//! host watches the runtime (a task whose drop, at the runtime's shutdown,
+//! sets [`HostLink::runtime_gone`]), and every guarded call into the library
+//! fails at once with [`RUNTIME_GONE`] instead of running library code
+//! ([`runtime_gone`]).
 
 use std::any::Any;
 use std::cell::Cell;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
-use tokio::runtime::{EnterGuard, Handle};
+use tokio::runtime::Handle;
 
 /// What a library copy knows about its host.
 pub(crate) struct HostLink {
     /// The runtime library code runs in (the registry's, see
-    /// `Builder::runtime`).
-    pub runtime: Option<Handle>,
+    /// `Builder::runtime`); `None` once [`release`]d, or when the registry
+    /// has none.
+    pub runtime: Mutex<Option<Handle>>,
+    /// Set by the host when that runtime was shut down.
+    pub runtime_gone: Arc<AtomicBool>,
+    /// Whether the calling thread is a thread of a tokio runtime, asked of
+    /// the host's tokio (the library's own thread-locals cannot tell).
+    pub on_runtime_thread: fn() -> bool,
     /// Upgrades to a keep-alive of this library copy (tasks of
-    /// [`crate::task::spawn`] hold one). Weak: a static never drops, and a
+    /// [`crate::spawn`] hold one). Weak: a static never drops, and a
     /// strong reference here would keep the library mapped forever.
     pub keep_alive: Weak<dyn Any + Send + Sync>,
 }
@@ -61,15 +96,40 @@ pub(crate) struct HostLink {
 /// Set once per library copy, by its attach entry point.
 static LINK: OnceLock<HostLink> = OnceLock::new();
 
+/// What a guarded call returns, as a panic record, when the runtime its
+/// version was attached with has been shut down.
+pub const RUNTIME_GONE: &str =
+    "the tokio runtime this version was attached with has been shut down, so its library code \
+     cannot run (its timers, I/O and tasks would find no reactor); reload the loadable from a live runtime \
+     (Builder::runtime) or stop calling it before the runtime shuts down";
+
 /// Called by the attach entry point. A library copy attaches once (every
 /// load is a fresh copy), so a second call keeps the first link.
 pub(crate) fn install(link: HostLink) {
     let _ = LINK.set(link);
 }
 
-/// The host link, when this code runs inside a loaded library.
-pub(crate) fn link() -> Option<&'static HostLink> {
-    LINK.get()
+/// Drops this library copy's runtime handle. The host calls it (through the
+/// descriptor) once the last keep-alive of the copy is gone, so no library
+/// code of this copy runs any more. Never panics: dropping a handle runs
+/// tokio's code, which is guarded here.
+pub fn release() {
+    if let Some(link) = LINK.get() {
+        let runtime = link.runtime.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let _ = crate::boundary::catch(move || drop(runtime));
+    }
+}
+
+/// Whether the runtime of this library copy was shut down (always `false`
+/// in the host itself and for a registry without a runtime).
+#[inline]
+pub(crate) fn runtime_gone() -> bool {
+    LINK.get().is_some_and(|link| link.runtime_gone.load(Ordering::Acquire))
+}
+
+/// The runtime handle, while linked.
+pub(crate) fn runtime() -> Option<Handle> {
+    LINK.get()?.runtime.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 thread_local! {
@@ -79,30 +139,36 @@ thread_local! {
     static ENTERED_FOR_GOOD: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Makes sure library code on this thread finds the host's runtime, so that
-/// library code polled or called from any host thread finds one. Returns a
-/// guard only when the thread could not enter for good; keep it for the
-/// duration of the library code. `None` in the host itself, when the
-/// registry has no runtime, or when the thread already entered for good.
+/// Runs `f` where library code finds the host's runtime: on a thread that
+/// entered it for good, directly; otherwise inside a scoped entry (or, on a
+/// runtime thread, after entering for good). In the host itself, when the
+/// registry has no runtime, or after [`release`], `f` just runs.
 #[inline]
-pub(crate) fn enter() -> Option<EnterGuard<'static>> {
-    let runtime = LINK.get()?.runtime.as_ref()?;
-    if ENTERED_FOR_GOOD.with(Cell::get) {
-        return None;
+pub(crate) fn with_runtime<R>(f: impl FnOnce() -> R) -> R {
+    // `try_with`: during thread teardown the slot may be gone; enter then.
+    if ENTERED_FOR_GOOD.try_with(Cell::get).unwrap_or(false) {
+        return f();
     }
-    enter_first_time(runtime)
+    enter_then(f)
 }
 
 #[cold]
-fn enter_first_time(runtime: &'static Handle) -> Option<EnterGuard<'static>> {
-    if Handle::try_current().is_ok() {
-        // A guard of this copy is live on this thread: a forgotten guard
-        // made now would sit above it and break tokio's drop order.
-        return Some(runtime.enter());
+fn enter_then<R>(f: impl FnOnce() -> R) -> R {
+    let Some(link) = LINK.get() else { return f() };
+    let Some(runtime) = runtime() else { return f() };
+    // A guard of this copy live on this thread (library code entered a
+    // runtime itself, or an outer guard of ours): a forgotten guard made now
+    // would sit above it and break tokio's drop order.
+    let inside = Handle::try_current().is_ok();
+    if !inside && (link.on_runtime_thread)() && ENTERED_FOR_GOOD.try_with(|entered| entered.set(true)).is_ok() {
+        // The guard borrows `runtime` only in its type; what it keeps is
+        // its own handle clone in tokio's thread-local, dropped when this
+        // runtime thread exits.
+        std::mem::forget(runtime.enter());
+        return f();
     }
-    std::mem::forget(runtime.enter());
-    ENTERED_FOR_GOOD.with(|entered| entered.set(true));
-    None
+    let _guard = runtime.enter();
+    f()
 }
 
 /// A keep-alive of this library copy (`None` in the host, or once its

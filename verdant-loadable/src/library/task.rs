@@ -79,7 +79,7 @@ where
 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let task = Task { future, id, _keep_alive: crate::library::runtime_link::keep_alive() };
-    let handle = match crate::library::runtime_link::link().and_then(|link| link.runtime.as_ref()) {
+    let handle = match crate::library::runtime_link::runtime() {
         Some(runtime) => runtime.spawn(task),
         None => tokio::spawn(task),
     };
@@ -155,8 +155,7 @@ impl<F: Future> Future for Task<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // SAFETY: `future` is structurally pinned (see the type's docs).
         let future = unsafe { self.map_unchecked_mut(|task| &mut task.future) };
-        let _runtime = crate::library::runtime_link::enter();
-        future.poll(cx)
+        crate::library::runtime_link::with_runtime(|| future.poll(cx))
     }
 }
 
