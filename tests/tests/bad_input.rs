@@ -74,7 +74,27 @@ impl Serving {
         assert_eq!(current.generation, 1);
         assert_eq!(current.package_version, "0.1.0");
         assert!(loadable.retired.is_empty(), "nothing was retired: {status}");
+        // A library refused before its attach hook ran never ran code that
+        // could pin it, so it is unmapped again: only good-v1 stays mapped.
+        if step < Step::Attach {
+            assert!(
+                eventually(|| self.mapped_copies().len() == 1),
+                "a library refused at {step} is still mapped: {:?}",
+                self.mapped_copies()
+            );
+        }
         (error, message)
+    }
+
+    /// The private copies this process maps (`/proc/self/maps`).
+    fn mapped_copies(&self) -> std::collections::BTreeSet<String> {
+        let dir = self.verdant.private_dir().display().to_string();
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+        maps.lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|path| path.starts_with(&dir))
+            .map(str::to_owned)
+            .collect()
     }
 
     fn steps_of_last_failure(&self) -> Vec<Step> {

@@ -316,20 +316,3 @@ fn a_restart_with_a_configured_private_dir_attaches_again() {
     verdant.attach().unwrap_or_else(|e| panic!("the restarted service attaches: {e}"));
     assert_eq!(verdant.handle::<dyn Probe>("probe").unwrap().get().unwrap().version(), 1);
 }
-
-#[test]
-fn unmap_retired_unmaps_a_library_whose_code_ran_only_on_exited_threads() {
-    // The fixture's attach hook ran on its own thread, which has exited (so
-    // its thread-local destructors ran); its methods ran on this thread
-    // without thread-locals. Nothing pins it (docs/boundary.md §4), so dlclose
-    // really unmaps it and status() must say so.
-    let artifact = Artifact::new("good-v1");
-    let (verdant, _shared, _probe) = verdant_tests::attached_with(&artifact, |b| b.unmap_retired(true));
-    artifact.install("good-v2");
-    verdant.reload_blocking(None).unwrap();
-    let unmapped = || {
-        let retired = verdant.status().loadables[0].retired[0].clone();
-        retired.detach == DetachState::Detached && !retired.mapped && retired.mapped_bytes == 0
-    };
-    assert!(eventually(unmapped), "{}", verdant.status());
-}

@@ -100,9 +100,12 @@ impl LoadedLibrary {
             descriptor,
             copy: copy.to_owned(),
             identity: LibraryIdentity { package: String::new(), package_version: String::new() },
-            // Libraries whose code ran on tokio workers stay mapped anyway
-            // ([`docs::boundary`](crate::docs::boundary) §4); never unmapping is the one safe default.
-            unmap_on_drop: false,
+            // Until the attach hook runs, no library code has run that could
+            // pin it or leave pointers into it: a library refused before
+            // attach (here at the header check too) is unmapped again
+            // instead of leaking its mapping. The transaction turns this off
+            // before attach (docs/boundary.md §4).
+            unmap_on_drop: true,
         };
         loaded.check_header()
     }
@@ -186,8 +189,9 @@ impl LoadedLibrary {
         unsafe { &*self.descriptor }
     }
 
-    /// Whether dropping the last reference `dlclose`s the library (off by
-    /// default; see [`Builder::unmap_retired`](crate::Builder::unmap_retired)).
+    /// Whether dropping the last reference `dlclose`s the library: only for
+    /// a library refused before its attach hook ran, whose code never ran
+    /// (docs/boundary.md §4 says why an attached one is never unmapped).
     pub(crate) fn set_unmap_on_drop(&mut self, unmap: bool) {
         self.unmap_on_drop = unmap;
     }

@@ -48,7 +48,6 @@ pub struct Builder {
     strict: bool,
     private_dir: Option<PathBuf>,
     attach_timeout: Duration,
-    unmap_retired: bool,
     runtime: Option<tokio::runtime::Handle>,
     entries: Vec<Entry>,
     stages: Arc<dyn Stages>,
@@ -87,19 +86,6 @@ impl Builder {
     /// ```
     pub fn attach_timeout(mut self, limit: Duration) -> Self {
         self.attach_timeout = limit;
-        self
-    }
-
-    /// `dlclose` a retired library after its detach hook ran. Default: off,
-    /// because glibc keeps any library whose code ran on a tokio worker
-    /// mapped anyway ([`docs::boundary`](crate::docs::boundary) §4) and correctness must not depend on
-    /// unmapping; `status()` shows what really happened.
-    ///
-    /// ```
-    /// let builder = verdant::Verdant::builder(()).unmap_retired(true);
-    /// ```
-    pub fn unmap_retired(mut self, unmap: bool) -> Self {
-        self.unmap_retired = unmap;
         self
     }
 
@@ -163,7 +149,6 @@ impl Builder {
             context_fingerprint: self.context_fingerprint,
             strict: self.strict,
             attach_timeout: self.attach_timeout,
-            unmap_retired: self.unmap_retired,
             explicit_runtime: self.runtime,
             last_runtime: Mutex::new(current_runtime),
             private_dir,
@@ -217,7 +202,6 @@ pub(crate) struct Inner {
     pub(crate) context_fingerprint: Fingerprint,
     strict: bool,
     attach_timeout: Duration,
-    pub(crate) unmap_retired: bool,
     /// `Builder::runtime`: always wins.
     explicit_runtime: Option<tokio::runtime::Handle>,
     /// The runtime `build`, `attach` or `reload` was last called from.
@@ -250,7 +234,6 @@ impl Verdant {
             strict: !cfg!(debug_assertions),
             private_dir: None,
             attach_timeout: DEFAULT_ATTACH_TIMEOUT,
-            unmap_retired: false,
             runtime: None,
             entries: Vec::new(),
             stages: Arc::new(System),

@@ -155,19 +155,17 @@ fn load(
         inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), &bytes)
     })?;
     let library = timed(entry, steps, Step::Open, || {
-        let mut library = inner.stages.open(&copy).inspect_err(|_| {
+        inner.stages.open(&copy).inspect_err(|_| {
             // Never opened, so nothing maps it: the copy can go now.
             let _ = std::fs::remove_file(&copy);
-        })?;
-        // Until the attach hook runs, no library code has run on any thread
-        // that could pin it with thread-local destructors: a library refused
-        // before attach is unmapped again instead of leaking its mapping.
-        library.set_unmap_on_drop(true);
-        Ok(library)
+        })
     })?;
     timed(entry, steps, Step::Check, || library.check_fingerprints(&entry.ops.expected(inner.context_fingerprint)))?;
+    // From the attach hook on, library code runs and may leave what no
+    // one can track: the library stays mapped for the life of the process
+    // (docs/boundary.md §4, "Why Verdant never unmaps an attached library").
     let mut library = library;
-    library.set_unmap_on_drop(inner.unmap_retired);
+    library.set_unmap_on_drop(false);
 
     let identity = library.identity().clone();
     let meta = Arc::new(VersionMeta {
