@@ -11,9 +11,10 @@ use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
+use syn::visit_mut::{self, VisitMut};
 use syn::{
-    parse_macro_input, FnArg, GenericArgument, GenericParam, ImplItem, Item, ItemImpl, ItemTrait, PathArguments,
-    ReturnType, TraitItem, TraitItemFn, Type, TypeParamBound,
+    parse_macro_input, FnArg, GenericArgument, GenericParam, ImplItem, Item, ItemImpl, ItemTrait, Lifetime,
+    LifetimeParam, PathArguments, ReturnType, TraitItem, TraitItemFn, Type, TypeParamBound,
 };
 
 /// See `verdant_loadable::interface`.
@@ -134,15 +135,24 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             }
             Kind::Async => {
                 any_async = true;
+                // A plain `fn` that returns the guarded future itself: the
+                // host holds nothing but the future `guard_future` made, so
+                // creating the library's future, every poll and the drop
+                // (arguments included, even before the first poll) run
+                // under the guard, in one box.
+                let AsyncSignature { generics: b_generics, arg_types: b_arg_types, where_clause } =
+                    async_signature(method, &arg_types);
                 boundary_decls.push(quote! {
-                    async fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>;
+                    fn #name #b_generics (&'__verdant self, #(#args: #b_arg_types),*)
+                        -> ::verdant_loadable::boundary::BoundaryFuture<'__verdant, #output>
+                        #where_clause;
                 });
                 boundary_impls.push(quote! {
-                    async fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>
+                    fn #name #b_generics (&'__verdant self, #(#args: #b_arg_types),*)
+                        -> ::verdant_loadable::boundary::BoundaryFuture<'__verdant, #output>
+                        #where_clause
                     {
-                        ::verdant_loadable::boundary::guard_future(move || <__VerdantT as #trait_name>::#name(self, #(#args),*)).await
+                        ::verdant_loadable::boundary::guard_future(move || <__VerdantT as #trait_name>::#name(self, #(#args),*))
                     }
                 });
                 proxy_impls.push(quote! {
@@ -212,12 +222,10 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
 
         #[doc = #boundary_doc]
         #[doc(hidden)]
-        #async_attr
         #vis trait #boundary: ::core::marker::Send + ::core::marker::Sync {
             #(#boundary_decls)*
         }
 
-        #async_attr
         impl<__VerdantT: #trait_name> #boundary for __VerdantT {
             #(#boundary_impls)*
         }
@@ -259,6 +267,72 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             }
         }
     })
+}
+
+/// The generics, argument types and where clause of the boundary method of
+/// an `async fn`, whose returned future borrows `self` and every argument:
+/// each lifetime of the arguments is named (elided ones become
+/// `'__verdant_lifeN`) and must outlive `'__verdant`, the lifetime of
+/// `self` and of the future. This is what `async_trait` does for the
+/// interface trait's own method, whose future the boundary wraps.
+struct AsyncSignature {
+    generics: TokenStream2,
+    arg_types: Vec<Type>,
+    where_clause: TokenStream2,
+}
+
+fn async_signature(method: &TraitItemFn, arg_types: &[Type]) -> AsyncSignature {
+    let mut namer = NameElided { named: Vec::new() };
+    let arg_types = arg_types
+        .iter()
+        .map(|ty| {
+            let mut ty = ty.clone();
+            namer.visit_type_mut(&mut ty);
+            ty
+        })
+        .collect();
+    let declared: Vec<&LifetimeParam> = method.sig.generics.lifetimes().collect();
+    let named = &namer.named;
+    let outlive = declared.iter().map(|param| &param.lifetime).chain(named);
+    AsyncSignature {
+        generics: quote!(<'__verdant, #(#declared,)* #(#named),*>),
+        arg_types,
+        where_clause: quote!(where #(#outlive: '__verdant),*),
+    }
+}
+
+/// Names the elided lifetimes of an argument type (`&T`, `'_`).
+struct NameElided {
+    named: Vec<Lifetime>,
+}
+
+impl NameElided {
+    fn name(&mut self, span: proc_macro2::Span) -> Lifetime {
+        let lifetime = Lifetime::new(&format!("'__verdant_life{}", self.named.len()), span);
+        self.named.push(lifetime.clone());
+        lifetime
+    }
+}
+
+impl VisitMut for NameElided {
+    fn visit_type_reference_mut(&mut self, reference: &mut syn::TypeReference) {
+        if reference.lifetime.is_none() {
+            reference.lifetime = Some(self.name(reference.and_token.span()));
+        }
+        visit_mut::visit_type_reference_mut(self, reference);
+    }
+
+    fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
+        if lifetime.ident == "_" {
+            *lifetime = self.name(lifetime.span());
+        }
+    }
+
+    // The elided lifetimes of `fn(&str)` and `Fn(&str)` are their own
+    // (higher-ranked), not the argument's.
+    fn visit_type_bare_fn_mut(&mut self, _: &mut syn::TypeBareFn) {}
+
+    fn visit_parenthesized_generic_arguments_mut(&mut self, _: &mut syn::ParenthesizedGenericArguments) {}
 }
 
 /// Whether `ty` names a router (a path ending in `Router`, without type
