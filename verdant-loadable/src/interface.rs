@@ -206,6 +206,38 @@ mod tests {
         }
     }
 
+    /// Argument types the boundary must take exactly as the proxy's
+    /// `async_trait` signature has them: `fn(&str)` and `Fn(&str)` arguments
+    /// get their lifetimes named as `async_trait` names them.
+    #[verdant_loadable::interface]
+    trait Accepted: Send + Sync {
+        fn owned(&self) -> (String, Vec<u8>, Box<[u8]>, Arc<str>, Option<u64>);
+        fn io(&self) -> Result<u32, std::io::Error>;
+        fn router(&self) -> axum::Router<()>;
+        async fn apply(&self, f: fn(&str) -> usize, g: &(dyn Fn(&str) -> usize + Sync)) -> usize;
+    }
+
+    struct AcceptedV1;
+
+    #[verdant_loadable::interface]
+    impl Accepted for AcceptedV1 {
+        fn owned(&self) -> (String, Vec<u8>, Box<[u8]>, Arc<str>, Option<u64>) {
+            ("owned".to_owned(), vec![1], Box::new([2]), Arc::from("shared"), None)
+        }
+
+        fn io(&self) -> Result<u32, std::io::Error> {
+            Err(std::io::ErrorKind::NotFound.into())
+        }
+
+        fn router(&self) -> axum::Router<()> {
+            axum::Router::new()
+        }
+
+        async fn apply(&self, f: fn(&str) -> usize, g: &(dyn Fn(&str) -> usize + Sync)) -> usize {
+            f("four") + g("three")
+        }
+    }
+
     fn poll_once<F: Future + ?Sized>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
         future.poll(&mut Context::from_waker(Waker::noop()))
     }
@@ -236,5 +268,15 @@ mod tests {
             poll_once(future.as_mut())
         };
         assert_eq!(future, Poll::Ready(Ok("depot-v1".to_owned())));
+    }
+
+    #[test]
+    fn accepted_shapes_cross_the_boundary() {
+        let accepted = AcceptedV1;
+        let boundary: &dyn __VerdantBoundaryAccepted = &accepted;
+        assert_eq!(boundary.owned().map(|owned| owned.0), Ok("owned".to_owned()));
+        let length = |text: &str| text.len();
+        let future = boundary.apply(str::len, &length);
+        assert_eq!(poll_once(pin!(future)), Poll::Ready(Ok(9)));
     }
 }

@@ -301,7 +301,11 @@ fn async_signature(method: &TraitItemFn, arg_types: &[Type]) -> AsyncSignature {
     }
 }
 
-/// Names the elided lifetimes of an argument type (`&T`, `'_`).
+/// Names the elided lifetimes of an argument type (`&T`, `'_`), everywhere,
+/// inside `fn(&str)` and `Fn(&str)` too: `async_trait` names the same ones
+/// in the interface trait and the proxy, and the proxy passes its arguments,
+/// typed that way, on to the boundary method (a higher-ranked `fn(&str)`
+/// there would be more general than the proxy's and refuse them).
 struct NameElided {
     named: Vec<Lifetime>,
 }
@@ -327,12 +331,6 @@ impl VisitMut for NameElided {
             *lifetime = self.name(lifetime.span());
         }
     }
-
-    // The elided lifetimes of `fn(&str)` and `Fn(&str)` are their own
-    // (higher-ranked), not the argument's.
-    fn visit_type_bare_fn_mut(&mut self, _: &mut syn::TypeBareFn) {}
-
-    fn visit_parenthesized_generic_arguments_mut(&mut self, _: &mut syn::ParenthesizedGenericArguments) {}
 }
 
 /// Whether `ty` names a router (a path ending in `Router`, without type
