@@ -206,9 +206,11 @@ mod tests {
         }
     }
 
-    /// Argument types the boundary must take exactly as the proxy's
-    /// `async_trait` signature has them: `fn(&str)` and `Fn(&str)` arguments
-    /// get their lifetimes named as `async_trait` names them.
+    /// The return types the macro accepts still compile: owned data, `std`
+    /// errors, routers as the whole return type. (Refused ones are
+    /// compile-fail cases of `tests/compile-fail/`.) Argument types are not
+    /// checked; `fn(&str)` and `Fn(&str)` arguments get their lifetimes
+    /// named as `async_trait` names them, so the proxy can pass them on.
     #[verdant_loadable::interface]
     trait Accepted: Send + Sync {
         fn owned(&self) -> (String, Vec<u8>, Box<[u8]>, Arc<str>, Option<u64>);
