@@ -213,7 +213,7 @@ mod tests {
     /// named as `async_trait` names them, so the proxy can pass them on.
     #[verdant_loadable::interface]
     trait Accepted: Send + Sync {
-        fn owned(&self) -> (String, Vec<u8>, Box<[u8]>, Arc<str>, Option<u64>);
+        fn owned(&self) -> (String, Box<[u8]>, Option<Arc<str>>);
         fn io(&self) -> Result<u32, std::io::Error>;
         fn router(&self) -> axum::Router<()>;
         async fn apply(&self, f: fn(&str) -> usize, g: &(dyn Fn(&str) -> usize + Sync)) -> usize;
@@ -223,8 +223,8 @@ mod tests {
 
     #[verdant_loadable::interface]
     impl Accepted for AcceptedV1 {
-        fn owned(&self) -> (String, Vec<u8>, Box<[u8]>, Arc<str>, Option<u64>) {
-            ("owned".to_owned(), vec![1], Box::new([2]), Arc::from("shared"), None)
+        fn owned(&self) -> (String, Box<[u8]>, Option<Arc<str>>) {
+            ("owned".to_owned(), Box::new([2]), Some(Arc::from("shared")))
         }
 
         fn io(&self) -> Result<u32, std::io::Error> {
@@ -277,6 +277,9 @@ mod tests {
         let accepted = AcceptedV1;
         let boundary: &dyn __VerdantBoundaryAccepted = &accepted;
         assert_eq!(boundary.owned().map(|owned| owned.0), Ok("owned".to_owned()));
+        let io = boundary.io().expect("no panic");
+        assert_eq!(io.map_err(|error| error.kind()), Err(std::io::ErrorKind::NotFound));
+        assert!(boundary.router().is_ok(), "the router is wrapped library-side");
         let length = |text: &str| text.len();
         let future = boundary.apply(str::len, &length);
         assert_eq!(poll_once(pin!(future)), Poll::Ready(Ok(9)));
