@@ -62,11 +62,16 @@
 //!
 //! # What library code must not do
 //!
-//! - **Hand out trait objects or closures of its own** (`Box<dyn Fn()>`,
-//!   `Box<dyn Iterator>`, a `Router` inside an `Option`) from an interface
-//!   method: their vtables lead into library code that no guard covers, and
-//!   they may outlive the library. Return data; return routers as the whole
-//!   return type, where Verdant wraps them.
+//! - **Hand out trait objects, closures, futures or borrows of its own**
+//!   (`Box<dyn Fn()>`, `Box<dyn Error>`, a boxed future, a `&'static str`,
+//!   a `Router` inside an `Option`) from an interface method: their vtables
+//!   lead into library code that no guard covers, and they may outlive the
+//!   library (a borrow may point into its memory). [`interface`] refuses
+//!   such return types where it can see them; a type that hides one (an
+//!   alias, a struct field, an `io::Error` the library built around its own
+//!   error) is still wrong. Return data; make future-returning methods
+//!   `async fn`; return routers as the whole return type, where Verdant
+//!   wraps them.
 //! - **Keep state in statics or expect them to be shared**: every loaded
 //!   version has fresh copies of every static (that is what makes a reload
 //!   start clean). Shared state belongs in the context the host passes to
@@ -188,41 +193,76 @@ pub mod __private {
 /// *interface crate*, which depends on `verdant-loadable`). The trait must
 /// be `Send + Sync`, and its methods must take `&self` and have no type
 /// parameters. Arguments may be references or owned values; the return type
-/// may be anything the host can own (a `Result` included). The attribute
-/// keeps the trait as written and adds, hidden, a panic-guarded boundary
-/// trait, a host-side proxy and `unsafe impl verdant_loadable::Interface for
-/// dyn Trait`.
+/// must be data the host can own (below). The attribute keeps the trait as
+/// written and adds, hidden, a panic-guarded boundary trait, a host-side
+/// proxy and `unsafe impl verdant_loadable::Interface for dyn Trait`.
 ///
 /// - **`async fn` methods** are supported: the trait goes through
 ///   [`async_trait`](https://docs.rs/async-trait) (the method returns a boxed
 ///   `Send` future), so an impl that defines `async fn`s needs the attribute
 ///   too: `#[verdant_loadable::interface] impl Shop for ShopV1 { .. }`. The
-///   future the library returns is polled under the library's guard, inside
-///   the host's runtime, and keeps the version pinned (it borrows the pinned
-///   handle).
+///   host only ever holds the future [`boundary::guard_future`] made around
+///   the library's: creating the library's future, each poll and its drop
+///   (with the arguments it owns, even if it is never polled) run under the
+///   library's guard, inside the host's runtime, and the call keeps the
+///   version pinned (it borrows the pinned handle).
 /// - **Panics**: a method returning `Result<T, E>` where `E: From<Panicked>`
-///   receives a library panic as `Err(Panicked { .. }.into())`
-///   (`std::io::Error`, `Box<dyn Error + Send + Sync>`, `anyhow::Error` and
-///   any error enum with a `#[from] verdant_loadable::Panicked` variant
-///   qualify). Any other method re-raises it as a host panic carrying a
-///   [`boundary::LibraryPanic`]. Prefer an error enum of the shared crate: a
-///   `Box<dyn Error>` or `anyhow::Error` that the *library* creates is a
-///   trait object of the library (below).
+///   receives a library panic as `Err(Panicked { .. }.into())`: give the
+///   interface crate an error enum with a `#[from] verdant_loadable::Panicked`
+///   variant (`std::io::Error` qualifies too, see below). Any other method
+///   re-raises it as a host panic carrying a [`boundary::LibraryPanic`].
 /// - **`fn router(&self) -> axum::Router`** (a return type spelled
 ///   `Router`, `axum::Router` or `Router<()>`): the library's router is
 ///   wrapped library-side and the host gets an ordinary router; see
 ///   [`router`]. Without arguments it is built once per version.
 ///
-/// A trait object or closure *made by the library* (`Box<dyn Fn()>`,
-/// `Box<dyn Iterator>`) carries a vtable into library code that no guard
-/// covers: a panic in it, or in its `Drop`, would abort the process
-/// ([`docs::boundary`] §1). Return data instead.
+/// # Return types
+///
+/// Whatever a method returns, the host keeps and drops with host code, and
+/// may keep after the library is unloaded. So it must be owned data: a
+/// value whose code is compiled into the host too (`String`, `Vec<T>`, your
+/// structs and enums, `Arc<str>`). A return type that carries code or
+/// memory of the library is refused at compile time, with what to return
+/// instead:
+///
+/// | Refused, anywhere in the return type | Why | Return instead |
+/// |---|---|---|
+/// | `Box<dyn Error>`, `anyhow::Error`, `eyre::Report` | `Display`, `source` and `Drop` run library code | an error enum of the interface crate, with `#[from] verdant_loadable::Panicked` |
+/// | `Pin<Box<dyn Future>>`, `BoxFuture`, `LocalBoxFuture`, `impl Future` | every poll and the drop run library code | an `async fn` (its future is guarded) |
+/// | `BoxStream`, `LocalBoxStream`, `dyn Stream` | as for a future | the items (a `Vec`), or a router whose response body streams them |
+/// | any other `dyn Trait` (`Box<dyn Fn()>`, `Box<dyn Iterator>`) or `impl Trait` | its vtable leads into library code | owned data; for behaviour, another interface method |
+/// | `fn` pointers | calling one runs library code, unguarded; it dangles after unload | data that says what to do, or another method |
+/// | references and any lifetime (`&str`, `&'static [u8]`, `Cow<'static, str>`), raw pointers | may point into the library's memory; `'static` there means as long as the library | `String`, `Vec<T>`, owned values |
+/// | a `Router` inside another type, or from an `async fn` | it would reach the host unwrapped | `-> axum::Router` as the whole return type of a plain `fn` |
+///
+/// The macro refuses what it can see in the return type as written; it
+/// cannot see through a type alias or into a struct. Such types are just
+/// as wrong. In particular, `std::io::Error` is accepted (it is a plain
+/// `std` struct, and one built from an `ErrorKind` or an OS error code
+/// carries no library code), but an `io::Error` the *library* builds with
+/// `io::Error::new` or `io::Error::other` boxes a payload as a `dyn Error`
+/// of the library: the same hazard as `Box<dyn Error>`. Prefer an error enum.
 ///
 /// ```
+/// /// Errors of the shop: owned data, defined in the interface crate.
+/// #[derive(Debug)]
+/// pub enum ShopError {
+///     UnknownSku(String),
+///     /// A library panic, delivered by Verdant (with thiserror:
+///     /// `Panicked(#[from] verdant_loadable::Panicked)`).
+///     Panicked(verdant_loadable::Panicked),
+/// }
+///
+/// impl From<verdant_loadable::Panicked> for ShopError {
+///     fn from(panicked: verdant_loadable::Panicked) -> Self {
+///         ShopError::Panicked(panicked)
+///     }
+/// }
+///
 /// #[verdant_loadable::interface]
 /// pub trait Shop: Send + Sync {
 ///     fn hello(&self, who: &str) -> String;
-///     async fn quote(&self, sku: &str, qty: u32) -> Result<u64, std::io::Error>;
+///     async fn quote(&self, sku: &str, qty: u32) -> Result<u64, ShopError>;
 ///     fn router(&self) -> axum::Router;
 /// }
 ///
@@ -233,13 +273,29 @@ pub mod __private {
 ///     fn hello(&self, who: &str) -> String {
 ///         format!("hello {who}")
 ///     }
-///     async fn quote(&self, _sku: &str, qty: u32) -> Result<u64, std::io::Error> {
+///     async fn quote(&self, sku: &str, qty: u32) -> Result<u64, ShopError> {
 ///         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-///         Ok(420 * u64::from(qty))
+///         match sku {
+///             "apple" => Ok(420 * u64::from(qty)),
+///             other => Err(ShopError::UnknownSku(other.to_owned())),
+///         }
 ///     }
 ///     fn router(&self) -> axum::Router {
 ///         axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }))
 ///     }
+/// }
+/// ```
+///
+/// A refused return type, and the error it gets:
+///
+/// ```compile_fail
+/// #[verdant_loadable::interface]
+/// pub trait Shop: Send + Sync {
+///     // error: `dyn std::error::Error + Send + Sync`: an error trait object made
+///     // by the library runs library code [..]. Return an error enum of the
+///     // interface crate instead (owned data), with a `#[from]
+///     // verdant_loadable::Panicked` variant to receive library panics
+///     fn quote(&self, sku: &str) -> Result<u64, Box<dyn std::error::Error + Send + Sync>>;
 /// }
 /// ```
 pub use verdant_macros::interface;

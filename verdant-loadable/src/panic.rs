@@ -113,11 +113,13 @@ impl Panic {
 /// was contained in the library; the version keeps serving other calls.
 ///
 /// Interface methods that return `Result<T, E>` deliver it as their `Err`
-/// whenever `E: From<Panicked>`: `std::io::Error`, `Box<dyn Error + Send +
-/// Sync>`, `anyhow::Error` and any error enum of the interface crate with a
-/// `#[from] verdant_loadable::Panicked` variant qualify. Other methods
-/// re-raise the panic in the host, carrying a [`LibraryPanic`]. The host
-/// crate's `verdant::Error` converts from it too.
+/// whenever `E: From<Panicked>`: an error enum of the interface crate with a
+/// `#[from] verdant_loadable::Panicked` variant (the way to go), or
+/// `std::io::Error`. (`Box<dyn Error>` and `anyhow::Error` convert from it
+/// too, but `#[verdant_loadable::interface]` refuses them as return types:
+/// made by the library, they run library code outside every guard.) Other
+/// methods re-raise the panic in the host, carrying a [`LibraryPanic`]. The
+/// host crate's `verdant::Error` converts from it too.
 ///
 /// ```
 /// #[derive(Debug)]

@@ -11,9 +11,10 @@ use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
+use syn::visit_mut::{self, VisitMut};
 use syn::{
-    parse_macro_input, FnArg, GenericArgument, GenericParam, ImplItem, Item, ItemImpl, ItemTrait, PathArguments,
-    ReturnType, TraitItem, TraitItemFn, Type, TypeParamBound,
+    parse_macro_input, FnArg, GenericArgument, GenericParam, ImplItem, Item, ItemImpl, ItemTrait, Lifetime,
+    LifetimeParam, PathArguments, ReturnType, TraitItem, TraitItemFn, Type, TypeParamBound,
 };
 
 /// See `verdant_loadable::interface`.
@@ -134,15 +135,24 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             }
             Kind::Async => {
                 any_async = true;
+                // A plain `fn` that returns the guarded future itself: the
+                // host holds nothing but the future `guard_future` made, so
+                // creating the library's future, every poll and the drop
+                // (arguments included, even before the first poll) run
+                // under the guard, in one box.
+                let AsyncSignature { generics: b_generics, arg_types: b_arg_types, where_clause } =
+                    async_signature(method, &arg_types);
                 boundary_decls.push(quote! {
-                    async fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>;
+                    fn #name #b_generics (&'__verdant self, #(#args: #b_arg_types),*)
+                        -> ::verdant_loadable::boundary::BoundaryFuture<'__verdant, #output>
+                        #where_clause;
                 });
                 boundary_impls.push(quote! {
-                    async fn #name #generics (&self, #(#args: #arg_types),*)
-                        -> ::core::result::Result<#output, ::verdant_loadable::boundary::Panic>
+                    fn #name #b_generics (&'__verdant self, #(#args: #b_arg_types),*)
+                        -> ::verdant_loadable::boundary::BoundaryFuture<'__verdant, #output>
+                        #where_clause
                     {
-                        ::verdant_loadable::boundary::guard_future(move || <__VerdantT as #trait_name>::#name(self, #(#args),*)).await
+                        ::verdant_loadable::boundary::guard_future(move || <__VerdantT as #trait_name>::#name(self, #(#args),*))
                     }
                 });
                 proxy_impls.push(quote! {
@@ -212,12 +222,10 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
 
         #[doc = #boundary_doc]
         #[doc(hidden)]
-        #async_attr
         #vis trait #boundary: ::core::marker::Send + ::core::marker::Sync {
             #(#boundary_decls)*
         }
 
-        #async_attr
         impl<__VerdantT: #trait_name> #boundary for __VerdantT {
             #(#boundary_impls)*
         }
@@ -259,6 +267,70 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
             }
         }
     })
+}
+
+/// The generics, argument types and where clause of the boundary method of
+/// an `async fn`, whose returned future borrows `self` and every argument:
+/// each lifetime of the arguments is named (elided ones become
+/// `'__verdant_lifeN`) and must outlive `'__verdant`, the lifetime of
+/// `self` and of the future. This is what `async_trait` does for the
+/// interface trait's own method, whose future the boundary wraps.
+struct AsyncSignature {
+    generics: TokenStream2,
+    arg_types: Vec<Type>,
+    where_clause: TokenStream2,
+}
+
+fn async_signature(method: &TraitItemFn, arg_types: &[Type]) -> AsyncSignature {
+    let mut namer = NameElided { named: Vec::new() };
+    let arg_types = arg_types
+        .iter()
+        .map(|ty| {
+            let mut ty = ty.clone();
+            namer.visit_type_mut(&mut ty);
+            ty
+        })
+        .collect();
+    let declared: Vec<&LifetimeParam> = method.sig.generics.lifetimes().collect();
+    let named = &namer.named;
+    let outlive = declared.iter().map(|param| &param.lifetime).chain(named);
+    AsyncSignature {
+        generics: quote!(<'__verdant, #(#declared,)* #(#named),*>),
+        arg_types,
+        where_clause: quote!(where #(#outlive: '__verdant),*),
+    }
+}
+
+/// Names the elided lifetimes of an argument type (`&T`, `'_`), everywhere,
+/// inside `fn(&str)` and `Fn(&str)` too: `async_trait` names the same ones
+/// in the interface trait and the proxy, and the proxy passes its arguments,
+/// typed that way, on to the boundary method (a higher-ranked `fn(&str)`
+/// there would be more general than the proxy's and refuse them).
+struct NameElided {
+    named: Vec<Lifetime>,
+}
+
+impl NameElided {
+    fn name(&mut self, span: proc_macro2::Span) -> Lifetime {
+        let lifetime = Lifetime::new(&format!("'__verdant_life{}", self.named.len()), span);
+        self.named.push(lifetime.clone());
+        lifetime
+    }
+}
+
+impl VisitMut for NameElided {
+    fn visit_type_reference_mut(&mut self, reference: &mut syn::TypeReference) {
+        if reference.lifetime.is_none() {
+            reference.lifetime = Some(self.name(reference.and_token.span()));
+        }
+        visit_mut::visit_type_reference_mut(self, reference);
+    }
+
+    fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
+        if lifetime.ident == "_" {
+            *lifetime = self.name(lifetime.span());
+        }
+    }
 }
 
 /// Whether `ty` names a router (a path ending in `Router`, without type
@@ -391,10 +463,169 @@ fn check_method(method: &TraitItemFn) -> syn::Result<Vec<syn::Type>> {
             FnArg::Receiver(r) => return Err(syn::Error::new(r.span(), "unexpected second receiver")),
         }
     }
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if let syn::Type::ImplTrait(_) = **ty {
-            return Err(syn::Error::new(ty.span(), "`impl Trait` return types cannot cross a trait object"));
+    check_output(&sig.output)?;
+    Ok(types)
+}
+
+/// Refuses a return type that would hand the host library code no guard
+/// covers: a trait object, `impl Trait`, a boxed future or stream, a
+/// function pointer (their code is the library's, and a panic in it aborts
+/// the host), or a borrow (it may point into the library's memory, which is
+/// unmapped when the version is unloaded). What the macro cannot see (a type
+/// alias, a struct holding a `Box<dyn Error>`) it cannot refuse; the docs of
+/// `verdant_loadable::interface` say so.
+fn check_output(output: &ReturnType) -> syn::Result<()> {
+    let ReturnType::Type(_, ty) = output else { return Ok(()) };
+    if is_router(ty) {
+        // The one trait-object-laden type that may cross: Verdant wraps it.
+        return Ok(());
+    }
+    let mut check = Unguarded { found: None };
+    check.visit_type_mut(&mut (**ty).clone());
+    check.found.map_or(Ok(()), Err)
+}
+
+/// Finds the first part of a return type that [`check_output`] refuses.
+struct Unguarded {
+    found: Option<syn::Error>,
+}
+
+impl VisitMut for Unguarded {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if self.found.is_some() {
+            return;
+        }
+        match unguarded(ty) {
+            // `new_spanned`: underlines the whole type, not its first token.
+            Some(message) => self.found = Some(syn::Error::new_spanned(&*ty, message)),
+            None => visit_mut::visit_type_mut(self, ty),
         }
     }
-    Ok(types)
+
+    fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
+        if self.found.is_none() {
+            self.found = Some(syn::Error::new_spanned(&*lifetime, borrowed(&lifetime.to_string())));
+        }
+    }
+}
+
+/// Why `ty` itself (not its parts) may not be returned, and what to return
+/// instead.
+fn unguarded(ty: &Type) -> Option<String> {
+    let name = display(ty);
+    match ty {
+        Type::Reference(_) | Type::Ptr(_) => Some(borrowed(&name)),
+        Type::TraitObject(object) => {
+            let traits: Vec<String> = object
+                .bounds
+                .iter()
+                .filter_map(|bound| match bound {
+                    TypeParamBound::Trait(t) => t.path.segments.last().map(|s| s.ident.to_string()),
+                    _ => None,
+                })
+                .collect();
+            let is = |name: &str| traits.iter().any(|t| t == name);
+            Some(if is("Future") {
+                future(&name)
+            } else if is("Error") {
+                error(&name)
+            } else if is("Stream") {
+                stream(&name)
+            } else {
+                format!(
+                    "`{name}`: a trait object made by the library has a vtable into library code that no \
+                     guard covers (a panic there aborts the host), and it may outlive the library. \
+                     Return owned data instead; for behaviour, add a method to the interface"
+                )
+            })
+        }
+        Type::ImplTrait(_) => Some(format!(
+            "`{name}`: an `impl Trait` return type cannot be called through a trait object. Return a \
+             concrete type that owns its data; for a future, declare the method `async fn`"
+        )),
+        Type::BareFn(_) => Some(format!(
+            "`{name}`: a function pointer made by the library points into library code: calling it \
+             runs no guard, and it dangles once the library is unloaded. Return data that says what \
+             to do, or add a method to the interface that does it"
+        )),
+        Type::Path(path) => {
+            let segments = &path.path.segments;
+            let last = segments.last()?.ident.to_string();
+            let first = segments.first()?.ident.to_string();
+            if last == "BoxFuture" || last == "LocalBoxFuture" {
+                Some(future(&name))
+            } else if last == "BoxStream" || last == "LocalBoxStream" {
+                Some(stream(&name))
+            } else if first == "anyhow" || first == "eyre" {
+                Some(error(&name))
+            } else if segments.iter().any(|segment| match &segment.arguments {
+                PathArguments::AngleBracketed(args) => {
+                    args.args.iter().any(|arg| matches!(arg, GenericArgument::Lifetime(_)))
+                }
+                _ => false,
+            }) {
+                Some(borrowed(&name))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+fn future(name: &str) -> String {
+    format!(
+        "`{name}`: a future made by the library runs library code in every poll and in its `Drop` \
+         that no guard covers (a panic there aborts the host), and it may outlive the library. \
+         Declare the method `async fn` and return the output instead: Verdant creates, polls and \
+         drops that future under the guard"
+    )
+}
+
+fn stream(name: &str) -> String {
+    format!(
+        "`{name}`: a stream made by the library runs library code in every poll and in its `Drop` \
+         that no guard covers (a panic there aborts the host), and it may outlive the library. \
+         Return the items as owned data (a `Vec`), or stream them in a response body of a router \
+         (`-> axum::Router` as the whole return type), which Verdant guards"
+    )
+}
+
+fn error(name: &str) -> String {
+    format!(
+        "`{name}`: an error trait object made by the library runs library code in its `Display`, \
+         `source` and `Drop` that no guard covers, and it may outlive the library. Return an error \
+         enum of the interface crate instead (owned data), with a `#[from] \
+         verdant_loadable::Panicked` variant to receive library panics"
+    )
+}
+
+fn borrowed(name: &str) -> String {
+    format!(
+        "`{name}`: a borrow or pointer returned by the library may point into the library's memory, which is \
+         unmapped when its version is unloaded (`'static` there means as long as the library, not \
+         the host). Return owned data instead (`String` for `&str`, `Vec<T>` for `&[T]`)"
+    )
+}
+
+/// `ty` as its source would spell it, roughly (`Box<dyn Error>`, not
+/// `Box < dyn Error >`), for error messages.
+fn display(ty: &Type) -> String {
+    let text = quote!(#ty).to_string();
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    for (i, &c) in chars.iter().enumerate() {
+        if c == ' ' {
+            let prev = out.chars().last();
+            let next = chars.get(i + 1).copied();
+            let glued_to_prev = matches!(prev, Some('<' | '&' | '(' | '[' | ':' | '*' | '\''));
+            let glued_to_next = matches!(next, Some('<' | '>' | ',' | ')' | ']' | ':' | ';'))
+                || (next == Some('(') && prev.is_some_and(|p| p.is_alphanumeric()));
+            if glued_to_prev || glued_to_next {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
 }
