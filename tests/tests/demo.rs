@@ -28,14 +28,7 @@ const POLL_PAUSE: Duration = Duration::from_millis(500);
 
 #[test]
 fn demo_serves_and_hot_reloads_through_scripts() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository root").to_owned();
-    let cache = target_dir(&repo).join("demo-e2e");
-    let workspace = cache.join("workspace");
-    let copy_target = cache.join("target");
-    // Another `cargo nextest run` (say, another checkout's CI) may run this
-    // test at the same time; they share the copy, so take turns.
-    let _lock = lock_exclusive(&cache.join("lock"));
-    sync_workspace(&repo, &workspace);
+    let (workspace, copy_target, _lock) = workspace_copy();
     // The last run may have left 0.1.1 in `deps/libshop_lib.so` while cargo
     // calls the 0.1.0 build fresh (a cdylib's file name carries no hash):
     // scripts/demo and scripts/reload must serve what is checked out anyway.
@@ -128,12 +121,7 @@ fn demo_serves_and_hot_reloads_through_scripts() {
 
 #[test]
 fn a_release_demo_reloads_a_release_library_built_alone() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository root").to_owned();
-    let cache = target_dir(&repo).join("demo-e2e");
-    let workspace = cache.join("workspace");
-    let copy_target = cache.join("target");
-    let _lock = lock_exclusive(&cache.join("lock"));
-    sync_workspace(&repo, &workspace);
+    let (workspace, copy_target, _lock) = workspace_copy();
     let agent = http_agent();
 
     let mut demo = Demo::start_with(&workspace, &copy_target, &["--release"]);
@@ -153,6 +141,19 @@ fn a_release_demo_reloads_a_release_library_built_alone() {
     assert!(demo.is_running());
     let exit = demo.terminate(Duration::from_secs(30));
     assert!(exit.success(), "the demo should exit cleanly on SIGTERM: {exit}");
+}
+
+/// The workspace copy and its target directory, synced from the repository,
+/// and the lock that keeps other runs out of them until it is dropped:
+/// another `cargo nextest run` (say, another checkout's CI) may run these
+/// tests at the same time and they share the copy.
+fn workspace_copy() -> (PathBuf, PathBuf, std::fs::File) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository root").to_owned();
+    let cache = target_dir(&repo).join("demo-e2e");
+    let lock = lock_exclusive(&cache.join("lock"));
+    let workspace = cache.join("workspace");
+    sync_workspace(&repo, &workspace);
+    (workspace, cache.join("target"), lock)
 }
 
 /// Sets shop-lib's version in the copy to `version`, runs `scripts/reload`
