@@ -81,7 +81,8 @@
 //!   thread-local destructors are pending); `status()` reports it and the
 //!   bytes they keep.
 //! - SIGPIPE is also raised by broken pipes; only signals sent by another
-//!   process reload.
+//!   process reload, and the signal handler counts them, so that no flood of
+//!   broken pipes can crowd one out.
 
 #![warn(missing_docs)]
 

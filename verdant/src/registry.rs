@@ -357,8 +357,10 @@ impl Verdant {
 
     /// Reloads every loadable when another process sends SIGPIPE
     /// (`kill -PIPE <pid>`); SIGPIPEs this process raises itself (broken
-    /// pipes) are counted and ignored. Idempotent; stops when the registry
-    /// is dropped or revoked.
+    /// pipes) are counted and ignored. Every signal is followed by a reload
+    /// that starts after it arrived, however many broken pipes arrive with
+    /// it; signals that arrive together share one reload. Idempotent; stops
+    /// when the registry is dropped or revoked.
     ///
     /// ```no_run
     /// # let verdant = verdant::Verdant::builder(()).build()?;
@@ -548,10 +550,12 @@ impl Inner {
         Ok(Some(names))
     }
 
-    /// Queues a reload of everything without waiting (signals).
-    pub(crate) fn trigger_all(&self, trigger: Trigger) {
+    /// Queues a reload of everything without waiting (signals); `queued`
+    /// runs once it is queued and before it can start (see
+    /// `Coordinator::submit_then`).
+    pub(crate) fn trigger_all(&self, trigger: Trigger, queued: impl FnOnce()) {
         let names = self.entries.read().iter().map(|e| e.name.clone()).collect();
-        self.coordinator.submit(Request { names, trigger, waiter: Waiter::Nobody });
+        self.coordinator.submit_then(Request { names, trigger, waiter: Waiter::Nobody }, queued);
     }
 
     /// Runs one reload transaction over `names` (the worker's job).

@@ -14,9 +14,12 @@ pub enum Trigger {
     Attach,
     /// A call of `reload`/`reload_blocking`.
     Call,
-    /// `kill -PIPE` from another process.
+    /// `kill -PIPE` from another process. Signals that arrive together
+    /// share one reload.
     Signal {
-        /// The sender's pid.
+        /// The pid of the latest of those signals' senders; 0 when it sent
+        /// from outside this process's pid namespace (a `kill` from the host
+        /// into a container).
         sender: i32,
     },
 }

@@ -62,6 +62,15 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub(crate) fn submit(&self, request: Request) {
+        self.submit_then(request, || {});
+    }
+
+    /// [`submit`](Self::submit), running `queued` once the request is in
+    /// the queue but before the worker can take it (under the queue's lock,
+    /// so `queued` must be short and must not submit). What `queued` records
+    /// is thus visible before the reload starts. Not run when the request
+    /// is refused (shutdown).
+    pub(crate) fn submit_then(&self, request: Request, queued: impl FnOnce()) {
         let mut queue = self.queue.lock();
         if queue.shutdown {
             drop(queue);
@@ -69,6 +78,7 @@ impl Coordinator {
             return;
         }
         queue.pending.push(request);
+        queued();
         self.wake.notify_one();
     }
 

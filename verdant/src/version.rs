@@ -9,7 +9,8 @@
 //!   library itself. The proxy points into the instance and the instance's
 //!   code lives in the library.
 //! - The detach never runs on the thread that dropped the last pin (often a
-//!   request): it is handed to one background thread per registry.
+//!   request): it is handed to one background thread per registry, which
+//!   contains a panic of any job and goes on with the next.
 
 use std::any::Any;
 use std::mem::ManuallyDrop;
@@ -71,7 +72,7 @@ impl Retirement {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("verdant-retire".to_owned()).spawn(move || {
             for job in queue {
-                job();
+                run_contained(job);
             }
         })?;
         Ok(Retirement { jobs })
@@ -82,6 +83,31 @@ impl Retirement {
             // The thread is gone (process teardown): detach inline.
             job();
         }
+    }
+}
+
+/// Runs one retirement job; a panic in it is logged and ends only that job.
+///
+/// Library code inside a job is already guarded library-side, but host code
+/// can still panic (a `Drop` of something the version held). Without this,
+/// one such panic would end the retirement thread, and every later detach
+/// would run inline on whichever request dropped the last pin.
+fn run_contained(job: Job) {
+    // AssertUnwindSafe: the job is consumed here and never seen again; what
+    // it shares (a version's `VersionMeta`) sits behind parking_lot locks,
+    // which do not poison, and a detach job that panicked before recording
+    // its result leaves the version `Pending`, which is what status() should
+    // then say.
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("<not a string>");
+        tracing::error!(
+            panic = message,
+            "a retirement job panicked in host code; it was abandoned and the retirement thread goes on (please report this as a verdant bug)"
+        );
     }
 }
 
@@ -214,5 +240,37 @@ impl<I: Interface + ?Sized> Drop for Version<I> {
             drop(keep_alive);
             drop(library);
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a job submitted now runs: the name of its thread, or that it
+    /// never ran.
+    fn where_next_job_runs(retirement: &Retirement) -> String {
+        let (sender, receiver) = mpsc::channel();
+        retirement.submit(Box::new(move || {
+            let thread = std::thread::current().name().unwrap_or("<unnamed>").to_owned();
+            let _ = sender.send(thread);
+        }));
+        // The job either runs (inline or on the thread) or is dropped with
+        // its sender, so this cannot wait forever.
+        receiver.recv().unwrap_or_else(|_| "nowhere: dropped with the queue of a dead thread".to_owned())
+    }
+
+    #[test]
+    fn retirement_thread_survives_a_panicking_job() {
+        let retirement = Retirement::start().expect("start the retirement thread");
+        assert_eq!(where_next_job_runs(&retirement), "verdant-retire");
+
+        retirement.submit(Box::new(|| panic!("a host-side drop panicked")));
+
+        // The next detach still runs on the retirement thread, not inline
+        // on the thread that dropped the last pin (a request).
+        for _ in 0..3 {
+            assert_eq!(where_next_job_runs(&retirement), "verdant-retire");
+        }
     }
 }
