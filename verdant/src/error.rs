@@ -25,7 +25,8 @@ pub enum Step {
     /// Writing the private copy (a fresh inode, [`docs::boundary`](crate::docs::boundary) §5); only the
     /// validated bytes are written, and only this copy is opened.
     Copy,
-    /// `dlopen` and reading the descriptor header.
+    /// `dlopen` and reading the descriptor header; refuses a library built
+    /// with `panic = "abort"`.
     Open,
     /// Comparing the `TypeId`s of every crossing type with the host's.
     Check,
@@ -157,6 +158,12 @@ pub enum LoadError {
         library: String,
         /// The host's verdant version.
         host: String,
+    },
+    /// The library was built with `panic = "abort"`.
+    #[error("package `{package}` was built with panic = \"abort\": its first panic would abort the whole service instead of failing one call, because no guard can catch it; build it with panic = \"unwind\" (remove `panic = \"abort\"` from the [profile] it is built with)")]
+    PanicAbort {
+        /// The library's package name, from its descriptor.
+        package: String,
     },
     /// A crossing type differs between host and library: the two were built
     /// with another version or feature set of some crate.

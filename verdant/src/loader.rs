@@ -107,7 +107,8 @@ impl LoadedLibrary {
         loaded.check_header()
     }
 
-    /// Checks the `#[repr(C)]` header: magic, ABI, rustc and verdant versions.
+    /// Checks the `#[repr(C)]` header (magic, ABI, rustc and verdant
+    /// versions), then the library's panic strategy.
     fn check_header(mut self) -> Result<LoadedLibrary, LoadError> {
         // SAFETY: only the `#[repr(C)]` header is read here; its layout is the
         // same for every compiler, and the pointer is non-null (dlsym
@@ -140,8 +141,17 @@ impl LoadedLibrary {
         if verdant != descriptor::VERDANT_VERSION {
             return Err(LoadError::VerdantMismatch { library: verdant, host: descriptor::VERDANT_VERSION.to_owned() });
         }
+        // Same rustc and verdant: the rest of the descriptor is readable.
+        // A library that cannot unwind would abort the host on its first
+        // panic, whatever guards it has; refuse it before any of its
+        // functions is called. This comes before the type check on purpose:
+        // the panic strategy is part of the profile, which feeds every
+        // crate's metadata hash, so a `panic = "abort"` build would also fail
+        // there, with a message that names the wrong cause.
+        if !header.panic_unwind {
+            return Err(LoadError::PanicAbort { package });
+        }
         self.identity = LibraryIdentity { package, package_version };
-        // Same rustc and verdant: the Rust-ABI entry points are readable.
         // Before any other library code runs, its allocations are routed to
         // the host's allocator (values cross the boundary by ownership).
         (header.use_host_allocator)(&verdant_loadable::__private::HOST_ALLOCATOR);
