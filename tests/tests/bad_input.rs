@@ -450,3 +450,21 @@ fn a_library_built_with_panic_abort_is_refused_before_it_runs() {
     assert_eq!(s.shared.attach_count(), 1);
     assert!(eventually(|| s.private_copies().len() == 1), "{:?}", s.private_copies());
 }
+
+#[test]
+fn a_library_whose_constructor_keeps_allocations_is_refused_before_attach() {
+    let s = serving_v1(|b| b);
+    // Its constructor keeps two blocks of the system allocator and frees a
+    // third (tests/fixtures/ctor-alloc).
+    s.artifact.install("ctor-alloc");
+    let (error, message) = s.refused_at(Step::Open);
+    match &error.kind {
+        LoadError::ConstructorAllocated { blocks } => assert_eq!(*blocks, 2, "only the blocks it kept count"),
+        other => panic!("expected ConstructorAllocated, got {other:?}"),
+    }
+    assert!(message.contains("allocated 2 time(s) in its constructors"), "{message}");
+    assert!(message.contains("do that work in the attach hook"), "the message says what to do: {message}");
+    // Refused before its attach hook ran; its copy is gone.
+    assert_eq!(s.shared.attach_count(), 1);
+    assert!(eventually(|| s.private_copies().len() == 1), "{:?}", s.private_copies());
+}

@@ -26,7 +26,8 @@ pub enum Step {
     /// validated bytes are written, and only this copy is opened.
     Copy,
     /// `dlopen` and reading the descriptor header; refuses a library built
-    /// with `panic = "abort"`.
+    /// with `panic = "abort"`, and one whose constructors still hold memory
+    /// of the system allocator when the host's allocator is installed.
     Open,
     /// Comparing the `TypeId`s of every crossing type with the host's.
     Check,
@@ -164,6 +165,14 @@ pub enum LoadError {
     PanicAbort {
         /// The library's package name, from its descriptor.
         package: String,
+    },
+    /// The library's constructors allocated memory that they still hold
+    /// before the host's allocator was installed.
+    #[error("the library allocated {blocks} time(s) in its constructors (code that `dlopen` runs: `.init_array` entries, the `ctor` crate, static initialisers) before Verdant could hand it the host's allocator, and still holds that memory; the host's allocator would later free memory it never allocated (heap corruption). Remove the constructor, or do that work in the attach hook")]
+    ConstructorAllocated {
+        /// How many blocks from the system allocator the constructors still
+        /// held when the host's allocator was installed.
+        blocks: usize,
     },
     /// A crossing type differs between host and library: the two were built
     /// with another version or feature set of some crate.

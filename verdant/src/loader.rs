@@ -85,7 +85,9 @@ impl LoadedLibrary {
         // validated (a complete ELF shared object for this machine that
         // defines a Verdant descriptor), which is as much as can be known
         // before running its code; Rust cdylibs have no initialisers of their
-        // own. RTLD_NOW makes missing symbols fail here rather than later.
+        // own that allocate, and one that keeps memory is refused below
+        // (`check_header`). RTLD_NOW makes missing symbols fail here rather
+        // than later.
         let library = unsafe { Library::open(Some(copy), RTLD_NOW | RTLD_LOCAL) }
             .map_err(|e| LoadError::Open { message: e.to_string() })?;
         let mut symbol_name = descriptor::SYMBOL.as_bytes().to_vec();
@@ -108,7 +110,9 @@ impl LoadedLibrary {
     }
 
     /// Checks the `#[repr(C)]` header (magic, ABI, rustc and verdant
-    /// versions), then the library's panic strategy.
+    /// versions), then the library's panic strategy, then installs the
+    /// host's allocator and checks that the library's constructors hold no
+    /// memory of the system allocator.
     fn check_header(mut self) -> Result<LoadedLibrary, LoadError> {
         // SAFETY: only the `#[repr(C)]` header is read here; its layout is the
         // same for every compiler, and the pointer is non-null (dlsym
@@ -154,7 +158,12 @@ impl LoadedLibrary {
         self.identity = LibraryIdentity { package, package_version };
         // Before any other library code runs, its allocations are routed to
         // the host's allocator (values cross the boundary by ownership).
-        (header.use_host_allocator)(&verdant_loadable::__private::HOST_ALLOCATOR);
+        // Only its constructors ran before; memory they still hold is the
+        // system allocator's, and the host's would free it later.
+        let blocks = (header.use_host_allocator)(&verdant_loadable::__private::HOST_ALLOCATOR);
+        if blocks > 0 {
+            return Err(LoadError::ConstructorAllocated { blocks });
+        }
         Ok(self)
     }
 

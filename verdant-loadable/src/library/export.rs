@@ -219,7 +219,7 @@ macro_rules! export {
             // Expanded in the library crate, so this is the library's build.
             panic_unwind: cfg!(panic = "unwind"),
             use_host_allocator: {
-                fn use_host_allocator(table: &'static $crate::allocator::AllocatorTable) {
+                fn use_host_allocator(table: &'static $crate::allocator::AllocatorTable) -> usize {
                     __VERDANT_HOST_ALLOCATOR.install(table)
                 }
                 use_host_allocator
