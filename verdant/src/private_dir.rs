@@ -46,7 +46,8 @@ impl PrivateDir {
     }
 }
 
-/// Writes `bytes` to a new file at `path`: a fresh inode per version.
+/// Writes `bytes` to a new file at `path`: a fresh inode per version. A
+/// failed write removes what it wrote.
 ///
 /// Copy names carry the pid and a process-wide sequence number, so an
 /// existing file of that name was left by an earlier process that had the
@@ -61,7 +62,17 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
         }
         other => other?,
     };
-    file.write_all(bytes)
+    if let Err(error) = file.write_all(bytes) {
+        // A full disk (or a file size limit) fails the write part-way: the
+        // bytes that fit stay on disk. A partial library must not outlive
+        // the failed reload, taking space and looking like a copy.
+        drop(file);
+        if let Err(remove) = fs::remove_file(path) {
+            tracing::warn!(copy = %path.display(), error = %remove, "cannot delete a partial library copy");
+        }
+        return Err(error);
+    }
+    Ok(())
 }
 
 impl Drop for PrivateDir {
@@ -117,4 +128,61 @@ fn process_exists(pid: u32) -> bool {
 fn current_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Set in the environment of a child process that runs one helper test.
+    const CHILD: &str = "VERDANT_PRIVATE_DIR_TEST_CHILD";
+
+    /// This test binary, running only the ignored helper test `name` (with
+    /// [`CHILD`] set, so that the helper does its work).
+    fn child(name: &str) -> Command {
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        command.args(["--exact", &format!("private_dir::tests::{name}"), "--ignored", "--nocapture"]).env(CHILD, "1");
+        command
+    }
+
+    #[test]
+    fn a_failed_write_removes_the_partial_copy() {
+        // A real failure in the middle of the write, the way a full disk
+        // fails it: the kernel writes what fits and then refuses the rest.
+        // RLIMIT_FSIZE is per process, so it is lowered in a child.
+        let output = child("write_past_the_file_size_limit").output().expect("run the child");
+        assert!(
+            output.status.success(),
+            "the child failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "helper of a_failed_write_removes_the_partial_copy, which runs it in a child process"]
+    fn write_past_the_file_size_limit() {
+        if std::env::var_os(CHILD).is_none() {
+            return; // lowering RLIMIT_FSIZE here would break every other test
+        }
+        let limit = 4096;
+        // SAFETY: plain libc calls with valid arguments. SIGXFSZ is ignored so
+        // that a write past the limit fails with EFBIG instead of killing the
+        // process; only this child process runs this test.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut current), 0);
+            let lowered = libc::rlimit { rlim_cur: limit, rlim_max: current.rlim_max };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lowered), 0);
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("library-1-0123456789ab.so");
+        let error = write_file(&path, &vec![0x5a; 16 * limit as usize]).expect_err("the write must fail");
+        assert_eq!(error.raw_os_error(), Some(libc::EFBIG), "{error}");
+        let left = fs::metadata(&path).map(|m| m.len());
+        assert!(left.is_err(), "a partial copy of {left:?} bytes was left at {}", path.display());
+    }
 }
