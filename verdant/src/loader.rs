@@ -238,12 +238,12 @@ impl Drop for LoadedLibrary {
 static COPY_SEQUENCE: AtomicU64 = AtomicU64::new(1);
 
 /// The file name of a private copy: readable in `/proc/self/maps` and in
-/// `status()`, and unique per process and copy (names of loadables may
-/// differ only in characters that are replaced here). The pid lets a
-/// configured directory be cleaned of copies of dead processes.
+/// `status()`, and unique in its registry's private directory (names of
+/// loadables may differ only in characters that are replaced here; the
+/// sequence number is process-wide). The directory's name carries the pid.
 pub(crate) fn copy_name(loadable: &str, hash: &ContentHash) -> String {
     let safe: String =
         loadable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     let sequence = COPY_SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    format!("{safe}-p{}-{sequence}-{hash}.so", std::process::id())
+    format!("{safe}-{sequence}-{hash}.so")
 }
