@@ -23,7 +23,8 @@ pub enum Step {
     /// object for this machine that defines exactly one Verdant descriptor.
     Validate,
     /// Writing the private copy (a fresh inode, [`docs::boundary`](crate::docs::boundary) §5); only the
-    /// validated bytes are written, and only this copy is opened.
+    /// validated bytes are written, and only this copy is opened, through
+    /// the descriptor that wrote it rather than by its name.
     Copy,
     /// `dlopen` and reading the descriptor header; refuses a library built
     /// with `panic = "abort"`, and one whose constructors still hold memory

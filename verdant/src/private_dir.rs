@@ -132,23 +132,29 @@ fn try_lock(file: &File) -> io::Result<bool> {
     }
 }
 
-/// Writes `bytes` to a new file at `path`: a fresh inode per version. A
-/// failed write removes what it wrote.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to a new file at `path`, a fresh inode per version, and
+/// returns a read-only descriptor of that inode. A failed write removes
+/// what it wrote.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<File> {
     // The directory is this registry's own and copy names never repeat in
     // it, so the file cannot exist yet.
     let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o500).open(path)?;
-    if let Err(error) = file.write_all(bytes) {
+    // Reopened through the descriptor, not the path: the same inode, for
+    // reading only, even if the name was taken over meanwhile.
+    let written = file.write_all(bytes).and_then(|()| {
+        File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot reopen it through /proc/self/fd (is /proc mounted?): {e}"))
+        })
+    });
+    drop(file);
+    written.inspect_err(|_| {
         // A full disk (or a file size limit) fails the write part-way: the
         // bytes that fit stay on disk. A partial library must not outlive
         // the failed reload, taking space and looking like a copy.
-        drop(file);
         if let Err(remove) = fs::remove_file(path) {
             tracing::warn!(copy = %path.display(), error = %remove, "cannot delete a partial library copy");
         }
-        return Err(error);
-    }
-    Ok(())
+    })
 }
 
 impl Drop for PrivateDir {
