@@ -425,3 +425,66 @@ fn an_attach_that_returns_after_the_time_limit_is_detached_and_unlisted() {
     assert_eq!(s.probe.get().unwrap().version(), 2);
     assert_eq!(s.probe.get().unwrap().instance(), 3);
 }
+
+/// `fixture`'s bytes as a build with `panic = "abort"` would have them: its
+/// descriptor's `panic_unwind` field is `false`. The field is found, not
+/// guessed: the descriptor symbol's offset in the file (from the dynamic
+/// symbol table) plus the field's offset in `Descriptor`. The descriptor is
+/// plain data in the file; only its pointer fields are relocated at load, so
+/// the byte in the file is the byte the loader reads. (A real
+/// `panic = "abort"` build needs a profile of its own and rebuilds every
+/// dependency; this exercises the same loader path on a library that is
+/// otherwise identical to good-v2.)
+fn built_with_panic_abort(fixture_name: &str) -> Vec<u8> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    let mut bytes = std::fs::read(fixture(fixture_name)).expect("read fixture");
+    let offset = {
+        let file = object::File::parse(&*bytes).expect("parse the fixture");
+        let symbol = file
+            .dynamic_symbols()
+            .find(|symbol| symbol.name() == Ok(verdant::descriptor::SYMBOL))
+            .expect("the fixture exports its descriptor");
+        let section =
+            file.section_by_index(symbol.section_index().expect("a defined symbol")).expect("the descriptor's section");
+        let (section_offset, _) = section.file_range().expect("the descriptor's section has bytes in the file");
+        let field = std::mem::offset_of!(verdant::descriptor::Descriptor, panic_unwind) as u64;
+        usize::try_from(section_offset + (symbol.address() - section.address()) + field).expect("fits")
+    };
+    assert_eq!(bytes[offset], 1, "a panic = \"unwind\" build has `true` there");
+    bytes[offset] = 0;
+    bytes
+}
+
+#[test]
+fn a_library_built_with_panic_abort_is_refused_before_it_runs() {
+    let s = serving_v1(|b| b);
+    s.artifact.install_bytes(&built_with_panic_abort("good-v2"));
+    let (error, message) = s.refused_at(Step::Open);
+    match &error.kind {
+        LoadError::PanicAbort { package } => assert_eq!(package, "fixture-good-v2"),
+        other => panic!("expected PanicAbort, got {other:?}"),
+    }
+    assert!(message.contains("panic = \"unwind\"") && message.contains("remove `panic = \"abort\"`"), "{message}");
+    // Refused before its attach hook ran; its copy is gone.
+    assert_eq!(s.shared.attach_count(), 1);
+    assert!(eventually(|| s.private_copies().len() == 1), "{:?}", s.private_copies());
+}
+
+#[test]
+fn a_library_whose_constructor_keeps_allocations_is_refused_before_attach() {
+    let s = serving_v1(|b| b);
+    // Its constructor keeps two blocks of the system allocator and frees a
+    // third (tests/fixtures/ctor-alloc).
+    s.artifact.install("ctor-alloc");
+    let (error, message) = s.refused_at(Step::Open);
+    match &error.kind {
+        LoadError::ConstructorAllocated { blocks } => assert_eq!(*blocks, 2, "only the blocks it kept count"),
+        other => panic!("expected ConstructorAllocated, got {other:?}"),
+    }
+    assert!(message.contains("allocated 2 time(s) in its constructors"), "{message}");
+    assert!(message.contains("do that work in the attach hook"), "the message says what to do: {message}");
+    // Refused before its attach hook ran; its copy is gone.
+    assert_eq!(s.shared.attach_count(), 1);
+    assert!(eventually(|| s.private_copies().len() == 1), "{:?}", s.private_copies());
+}

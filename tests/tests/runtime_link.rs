@@ -11,9 +11,21 @@ use fixture_api::edge::{Edge, EdgeContext, EdgeError};
 use verdant::{DetachState, Handle, Verdant};
 use verdant_tests::{eventually, Artifact};
 
-/// How many descriptors this process has open.
+/// How many descriptors this process has open, leaving out the ones that
+/// hold a loaded library copy open (one per version kept mapped, by design:
+/// the loader `dlopen`s each copy through its descriptor).
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| {
+            let in_private_dir = target
+                .parent()
+                .and_then(|dir| dir.file_name())
+                .is_some_and(|name| name.to_string_lossy().starts_with("verdant-"));
+            !in_private_dir
+        })
+        .count()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

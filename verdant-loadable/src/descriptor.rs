@@ -192,9 +192,16 @@ pub struct Descriptor {
     pub package_name: RawStr,
     /// The library package's version.
     pub package_version: RawStr,
+    /// `cfg!(panic = "unwind")` of the library's build. A library built with
+    /// `panic = "abort"` cannot contain a panic: its guards catch nothing and
+    /// its first panic aborts the host. The loader refuses it. (After the
+    /// `#[repr(C)]` header: read only once the versions matched.)
+    pub panic_unwind: bool,
     /// Makes the library allocate with the host's global allocator (see
-    /// [`crate::allocator`]); called right after the header check.
-    pub use_host_allocator: fn(&'static crate::library::allocator::AllocatorTable),
+    /// [`crate::allocator`]); called right after the header check. Returns
+    /// how many blocks the library's constructors allocated from the system
+    /// allocator and still hold ([`HostAllocator::install`](crate::allocator::HostAllocator::install)).
+    pub use_host_allocator: fn(&'static crate::library::allocator::AllocatorTable) -> usize,
     /// Writes the library's fingerprints (see [`fingerprints`]).
     pub fingerprints: fn(&mut dyn FnMut(Fingerprint)),
     /// How many tasks the library started with `verdant_loadable::spawn` are still

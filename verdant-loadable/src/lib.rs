@@ -86,6 +86,10 @@
 //! - **Block a runtime worker** in an interface method or handler for long
 //!   (same as in any tokio code), or **set a `#[global_allocator]`** (the
 //!   library already has one that forwards to the host's).
+//! - **Allocate in a constructor** (an `.init_array` function, the `ctor`
+//!   crate) and keep the memory: constructors run inside `dlopen`, before
+//!   the library has the host's allocator, and the loader refuses such a
+//!   library. Do that work in the attach hook.
 //! - **Keep background tasks running past detach** unless that is the
 //!   intent: [`task::abort_all`] in the detach hook stops them.
 

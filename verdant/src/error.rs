@@ -23,9 +23,12 @@ pub enum Step {
     /// object for this machine that defines exactly one Verdant descriptor.
     Validate,
     /// Writing the private copy (a fresh inode, [`docs::boundary`](crate::docs::boundary) §5); only the
-    /// validated bytes are written, and only this copy is opened.
+    /// validated bytes are written, and only this copy is opened, through
+    /// the descriptor that wrote it rather than by its name.
     Copy,
-    /// `dlopen` and reading the descriptor header.
+    /// `dlopen` and reading the descriptor header; refuses a library built
+    /// with `panic = "abort"`, and one whose constructors still hold memory
+    /// of the system allocator when the host's allocator is installed.
     Open,
     /// Comparing the `TypeId`s of every crossing type with the host's.
     Check,
@@ -157,6 +160,20 @@ pub enum LoadError {
         library: String,
         /// The host's verdant version.
         host: String,
+    },
+    /// The library was built with `panic = "abort"`.
+    #[error("package `{package}` was built with panic = \"abort\": its first panic would abort the whole service instead of failing one call, because no guard can catch it; build it with panic = \"unwind\" (remove `panic = \"abort\"` from the [profile] it is built with)")]
+    PanicAbort {
+        /// The library's package name, from its descriptor.
+        package: String,
+    },
+    /// The library's constructors allocated memory that they still hold
+    /// before the host's allocator was installed.
+    #[error("the library allocated {blocks} time(s) in its constructors (code that `dlopen` runs: `.init_array` entries, the `ctor` crate, static initialisers) before Verdant could hand it the host's allocator, and still holds that memory; the host's allocator would later free memory it never allocated (heap corruption). Remove the constructor, or do that work in the attach hook")]
+    ConstructorAllocated {
+        /// How many blocks from the system allocator the constructors still
+        /// held when the host's allocator was installed.
+        blocks: usize,
     },
     /// A crossing type differs between host and library: the two were built
     /// with another version or feature set of some crate.

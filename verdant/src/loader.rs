@@ -1,17 +1,42 @@
 //! Loading one library version: read, copy, validate, `dlopen`, identify and
 //! type-check, each a named [`Step`](crate::Step).
 //!
+//! # Opening the file that was checked
+//!
+//! The private copy is written from the bytes that were validated, and the
+//! copy is opened through the descriptor that wrote it (`/proc/self/fd/N`),
+//! never by its path again: if something replaced the file under that name
+//! between the write and the `dlopen` (anything that can write the private
+//! directory: a process of the same user, a cleaner that got ownership
+//! wrong), the inode that was written and validated is still the one mapped,
+//! and no unchecked code runs.
+//!
+//! glibc returns an already-loaded library when `dlopen` is given the name
+//! it was loaded by, and a retired library stays loaded — mapped, with its
+//! name — for the rest of the process (or longer than its `dlclose`, when
+//! thread-local destructors are pending, [`docs::boundary`](crate::docs::boundary) §4). Were its
+//! descriptor closed, a later copy could get the same number N, and its
+//! `dlopen("/proc/self/fd/N")` would silently return the old library. So
+//! the descriptor stays open exactly as long as the library may be loaded:
+//! for the life of the process unless it is really unloaded. That costs one
+//! descriptor per version kept mapped, beside the mapping it already costs
+//! (the mapping holds the same open file). The names stay valid for
+//! debuggers and backtraces that reopen a library by its name.
+//!
 //! Built on `libloading` directly. hot-lib-reloader closes the old version
 //! before it loads the new one and keeps one version; Verdant needs the
 //! opposite (make-before-break, old versions alive while pinned), so it only
 //! borrows `libloading`'s `dlopen`/`dlsym` wrappers.
 
+use std::fs::File;
 use std::mem::ManuallyDrop;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use libc::RTLD_NOLOAD;
+use libloading::os::unix::{Library, RTLD_LAZY, RTLD_LOCAL, RTLD_NOW};
 
 use crate::descriptor::{self, Descriptor, Fingerprint};
 use crate::error::LoadError;
@@ -24,11 +49,22 @@ pub(crate) trait Stages: Send + Sync {
     /// [`Step::Read`](crate::Step::Read): the artifact's bytes.
     fn read(&self, path: &Path) -> Result<Vec<u8>, LoadError>;
     /// [`Step::Copy`](crate::Step::Copy): writes the private copy.
-    fn copy(&self, dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PathBuf, LoadError>;
+    fn copy(&self, dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PrivateCopy, LoadError>;
     /// [`Step::Validate`](crate::Step::Validate): checks the copy's bytes.
     fn validate(&self, bytes: &[u8]) -> Result<(), LoadError>;
     /// [`Step::Open`](crate::Step::Open): `dlopen` and the descriptor header.
-    fn open(&self, copy: &Path) -> Result<LoadedLibrary, LoadError>;
+    fn open(&self, copy: PrivateCopy) -> Result<LoadedLibrary, LoadError>;
+}
+
+/// A private copy as [`Stages::copy`] wrote it.
+#[derive(Debug)]
+pub(crate) struct PrivateCopy {
+    /// Its name in the private directory, for people, `status()` and
+    /// `/proc/self/maps`.
+    pub path: PathBuf,
+    /// A read-only descriptor of the very file that was written: what
+    /// [`Stages::open`] opens.
+    pub file: File,
 }
 
 /// The real pipeline.
@@ -39,18 +75,18 @@ impl Stages for System {
         std::fs::read(path).map_err(|e| LoadError::Read { source: Arc::new(e) })
     }
 
-    fn copy(&self, dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PathBuf, LoadError> {
-        let copy = dir.join(file_name);
-        crate::private_dir::write_file(&copy, bytes)
-            .map_err(|e| LoadError::Copy { copy: copy.clone(), source: Arc::new(e) })?;
-        Ok(copy)
+    fn copy(&self, dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PrivateCopy, LoadError> {
+        let path = dir.join(file_name);
+        let file = crate::private_dir::write_file(&path, bytes)
+            .map_err(|e| LoadError::Copy { copy: path.clone(), source: Arc::new(e) })?;
+        Ok(PrivateCopy { path, file })
     }
 
     fn validate(&self, bytes: &[u8]) -> Result<(), LoadError> {
         crate::elf::validate(bytes)
     }
 
-    fn open(&self, copy: &Path) -> Result<LoadedLibrary, LoadError> {
+    fn open(&self, copy: PrivateCopy) -> Result<LoadedLibrary, LoadError> {
         LoadedLibrary::open(copy)
     }
 }
@@ -67,50 +103,65 @@ pub(crate) struct LoadedLibrary {
     library: ManuallyDrop<Library>,
     descriptor: *const Descriptor,
     copy: PathBuf,
+    /// The copy's descriptor, closed only once the library is unloaded.
+    file: ManuallyDrop<File>,
+    /// What it was loaded by: `/proc/self/fd/<file>`.
+    loaded_as: String,
     identity: LibraryIdentity,
     unmap_on_drop: bool,
 }
 
 // SAFETY: the descriptor pointer refers to immutable static data inside the
-// mapped library, which stays mapped while this value lives; `Library` is
-// Send + Sync itself.
+// mapped library, which stays mapped while this value lives; `Library` and
+// `File` are Send + Sync themselves.
 unsafe impl Send for LoadedLibrary {}
 // SAFETY: as above.
 unsafe impl Sync for LoadedLibrary {}
 
 impl LoadedLibrary {
-    /// `dlopen`s a validated copy and checks the descriptor header.
-    fn open(copy: &Path) -> Result<LoadedLibrary, LoadError> {
-        // SAFETY: loading runs the library's initialisers. The copy was
-        // validated (a complete ELF shared object for this machine that
-        // defines a Verdant descriptor), which is as much as can be known
+    /// `dlopen`s a validated copy, through its descriptor, and checks the
+    /// descriptor header.
+    fn open(copy: PrivateCopy) -> Result<LoadedLibrary, LoadError> {
+        let loaded_as = format!("/proc/self/fd/{}", copy.file.as_raw_fd());
+        // SAFETY: loading runs the library's initialisers. The file opened
+        // is the inode written from the validated bytes (a complete ELF
+        // shared object for this machine that defines a Verdant descriptor),
+        // reached through its descriptor, which is as much as can be known
         // before running its code; Rust cdylibs have no initialisers of their
-        // own. RTLD_NOW makes missing symbols fail here rather than later.
-        let library = unsafe { Library::open(Some(copy), RTLD_NOW | RTLD_LOCAL) }
+        // own that allocate, and one that keeps memory is refused below
+        // (`check_header`). RTLD_NOW makes missing symbols fail here rather
+        // than later. A failed dlopen leaves nothing loaded by that name, so
+        // `copy.file` may close then.
+        let library = unsafe { Library::open(Some(&loaded_as), RTLD_NOW | RTLD_LOCAL) }
             .map_err(|e| LoadError::Open { message: e.to_string() })?;
-        let mut symbol_name = descriptor::SYMBOL.as_bytes().to_vec();
-        symbol_name.push(0);
-        // SAFETY: the symbol is a static `Descriptor` by the validation above;
-        // it is read as a pointer, not yet dereferenced.
-        let descriptor: *const Descriptor = unsafe { library.get::<*const Descriptor>(&symbol_name) }
-            .map(|symbol| symbol.into_raw() as *const Descriptor)
-            .map_err(|e| LoadError::Open { message: e.to_string() })?;
-        let loaded = LoadedLibrary {
+        let mut loaded = LoadedLibrary {
             library: ManuallyDrop::new(library),
-            descriptor,
-            copy: copy.to_owned(),
+            descriptor: std::ptr::null(),
+            copy: copy.path,
+            file: ManuallyDrop::new(copy.file),
+            loaded_as,
             identity: LibraryIdentity { package: String::new(), package_version: String::new() },
             // Until the attach hook runs, no library code has run that could
             // pin it or leave pointers into it: a library refused before
-            // attach (here at the header check too) is unmapped again
+            // attach (a missing symbol, the header check) is unmapped again
             // instead of leaking its mapping. The transaction turns this off
             // before attach (docs/boundary.md §4).
             unmap_on_drop: true,
         };
+        let mut symbol_name = descriptor::SYMBOL.as_bytes().to_vec();
+        symbol_name.push(0);
+        // SAFETY: the symbol is a static `Descriptor` by the validation above;
+        // it is read as a pointer, not yet dereferenced.
+        loaded.descriptor = unsafe { loaded.library.get::<*const Descriptor>(&symbol_name) }
+            .map(|symbol| symbol.into_raw() as *const Descriptor)
+            .map_err(|e| LoadError::Open { message: e.to_string() })?;
         loaded.check_header()
     }
 
-    /// Checks the `#[repr(C)]` header: magic, ABI, rustc and verdant versions.
+    /// Checks the `#[repr(C)]` header (magic, ABI, rustc and verdant
+    /// versions), then the library's panic strategy, then installs the
+    /// host's allocator and checks that the library's constructors hold no
+    /// memory of the system allocator.
     fn check_header(mut self) -> Result<LoadedLibrary, LoadError> {
         // SAFETY: only the `#[repr(C)]` header is read here; its layout is the
         // same for every compiler, and the pointer is non-null (dlsym
@@ -143,11 +194,25 @@ impl LoadedLibrary {
         if verdant != descriptor::VERDANT_VERSION {
             return Err(LoadError::VerdantMismatch { library: verdant, host: descriptor::VERDANT_VERSION.to_owned() });
         }
+        // Same rustc and verdant: the rest of the descriptor is readable.
+        // A library that cannot unwind would abort the host on its first
+        // panic, whatever guards it has; refuse it before any of its
+        // functions is called. This comes before the type check on purpose:
+        // the panic strategy is part of the profile, which feeds every
+        // crate's metadata hash, so a `panic = "abort"` build would also fail
+        // there, with a message that names the wrong cause.
+        if !header.panic_unwind {
+            return Err(LoadError::PanicAbort { package });
+        }
         self.identity = LibraryIdentity { package, package_version };
-        // Same rustc and verdant: the Rust-ABI entry points are readable.
         // Before any other library code runs, its allocations are routed to
         // the host's allocator (values cross the boundary by ownership).
-        (header.use_host_allocator)(&verdant_loadable::__private::HOST_ALLOCATOR);
+        // Only its constructors ran before; memory they still hold is the
+        // system allocator's, and the host's would free it later.
+        let blocks = (header.use_host_allocator)(&verdant_loadable::__private::HOST_ALLOCATOR);
+        if blocks > 0 {
+            return Err(LoadError::ConstructorAllocated { blocks });
+        }
         Ok(self)
     }
 
@@ -215,20 +280,107 @@ impl Drop for LoadedLibrary {
             // before its last `Arc<LoadedLibrary>` (see `version.rs`), and a
             // library refused before attach never handed out any value.
             unsafe { ManuallyDrop::drop(&mut self.library) };
+            if !still_loaded(&self.loaded_as) {
+                // SAFETY: dropped once, here; nothing is loaded by its name
+                // any more, so its number may be reused.
+                unsafe { ManuallyDrop::drop(&mut self.file) };
+            }
         }
+        // Otherwise the library, its name and so its descriptor stay for the
+        // life of the process (see the module docs).
     }
+}
+
+/// Whether a library is still loaded under `name` (after `dlclose`, glibc
+/// keeps a library whose thread-local destructors are pending).
+fn still_loaded(name: &str) -> bool {
+    // SAFETY: RTLD_NOLOAD loads nothing and runs no code: it only returns
+    // another reference to a library already loaded by this name or inode,
+    // which dropping the handle gives back at once.
+    unsafe { Library::open(Some(name), RTLD_NOLOAD | RTLD_LAZY) }.is_ok()
 }
 
 /// Numbers private copies across every registry of this process.
 static COPY_SEQUENCE: AtomicU64 = AtomicU64::new(1);
 
 /// The file name of a private copy: readable in `/proc/self/maps` and in
-/// `status()`, and unique per process and copy (names of loadables may
-/// differ only in characters that are replaced here). The pid lets a
-/// configured directory be cleaned of copies of dead processes.
+/// `status()`, and unique in its registry's private directory (names of
+/// loadables may differ only in characters that are replaced here; the
+/// sequence number is process-wide). The directory's name carries the pid.
 pub(crate) fn copy_name(loadable: &str, hash: &ContentHash) -> String {
     let safe: String =
         loadable.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     let sequence = COPY_SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    format!("{safe}-p{}-{sequence}-{hash}.so", std::process::id())
+    format!("{safe}-{sequence}-{hash}.so")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// A fixture library built by `cargo build --workspace` beside this
+    /// test binary (`target/<profile>/deps/..`): `good_v1` or `good_v2`.
+    fn fixture_bytes(name: &str) -> Vec<u8> {
+        let exe = std::env::current_exe().expect("own path");
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let path = dir.join(format!("libfixture_{name}.so"));
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e}; run `cargo build --workspace` first (scripts/test does)", path.display())
+        })
+    }
+
+    /// Writes `bytes` as copy `name` in `dir`, the way the pipeline does.
+    fn copy(dir: &Path, name: &str, bytes: &[u8]) -> PrivateCopy {
+        System.copy(dir, name, bytes).expect("write the copy")
+    }
+
+    /// The inodes of the files this process maps, from `/proc/self/maps`.
+    fn mapped_inodes() -> Vec<u64> {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+        maps.lines()
+            .filter_map(|line| line.split_whitespace().nth(4)?.parse().ok())
+            .filter(|&inode| inode != 0)
+            .collect()
+    }
+
+    // The unit-test binary is another build of verdant than the one the
+    // fixtures link, so their fingerprints differ; `open` stops before that
+    // check, which is all these tests need.
+
+    #[test]
+    fn the_file_that_was_written_is_the_one_opened_even_if_its_name_is_taken_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let written = copy(dir.path(), "probe-1-000000000001.so", &fixture_bytes("good_v1"));
+        let inode = written.file.metadata().expect("fstat the copy").ino();
+        // Between the write and the dlopen, another file takes the copy's
+        // name: whatever can write the private directory (a process of the
+        // same user, a cleaner that got it wrong) could do that.
+        let impostor = dir.path().join("impostor.so");
+        std::fs::write(&impostor, fixture_bytes("good_v2")).expect("write the impostor");
+        std::fs::rename(&impostor, &written.path).expect("take over the copy's name");
+
+        let library = System.open(written).expect("open the copy");
+        assert_eq!(library.identity().package, "fixture-good-v1", "the library at the path was loaded instead");
+        assert!(mapped_inodes().contains(&inode), "the inode that was written (and validated) is mapped");
+    }
+
+    #[test]
+    fn a_new_copy_never_gets_an_older_library_back() {
+        // glibc hands back a loaded library whose name equals the name
+        // given to dlopen; a retired library stays loaded (and named) for the
+        // life of the process, whether it is unmapped or not.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let v1 = System.open(copy(dir.path(), "probe-1-000000000001.so", &fixture_bytes("good_v1"))).expect("v1");
+        assert_eq!(v1.identity().package, "fixture-good-v1");
+        drop(v1); // retired; stays mapped (the default)
+        let v2 = System.open(copy(dir.path(), "probe-2-000000000002.so", &fixture_bytes("good_v2"))).expect("v2");
+        assert_eq!(v2.identity().package, "fixture-good-v2", "the retired version was handed back");
+        let mut v2 = v2;
+        v2.set_unmap_on_drop(true);
+        drop(v2); // retired and dlclosed
+        let v1 = System.open(copy(dir.path(), "probe-3-000000000003.so", &fixture_bytes("good_v1"))).expect("v1");
+        assert_eq!(v1.identity().package, "fixture-good-v1", "the unmapped version was handed back");
+    }
 }

@@ -1,44 +1,83 @@
-//! The per-process directory that holds private copies of libraries.
+//! The per-registry directory that holds private copies of libraries.
 //!
 //! glibc hands back an already-loaded object for the same path or the same
 //! inode ([`docs::boundary`](crate::docs::boundary) §5), so every version is loaded from its own copy with
-//! a unique name. The directory is created with mode 0700 so that no other
-//! user can swap a file in between the check and the `dlopen`.
+//! a unique name. Each registry makes a directory of its own,
+//! `verdant-<pid>-<nanos>` with mode 0700, in `$TMPDIR` or in the directory
+//! given to `Builder::private_dir`, so that no other user can swap a file in
+//! between the check and the `dlopen`; it is removed with the registry.
+//!
+//! # Which directories are abandoned: a lock, not a pid
+//!
+//! A process killed with SIGKILL cannot remove its directory, so each new
+//! registry removes the abandoned ones it finds beside its own. A registry
+//! holds an exclusive `flock` on its directory for as long as it lives, and
+//! the kernel drops that lock when the process dies, however it dies. So a
+//! `verdant-*` directory of this user whose lock can be taken is abandoned,
+//! and one whose lock is held belongs to a live registry, in this process or
+//! another. The pid in the name is only for people reading it. Deciding by
+//! whether that pid is alive was wrong both ways: a service that is pid 1 in
+//! a container with a persistent `/tmp` saw its predecessor's directories
+//! (pid 1, "alive") as live and never removed them, and a process in another
+//! pid namespace sharing `/tmp` saw no process with a live registry's pid and
+//! deleted its copies from under it.
+//!
+//! The directory itself is what is locked (`flock` works on a directory's
+//! descriptor): nothing but copies in it, no lock file that could be deleted
+//! on its own and make a live directory look abandoned, and
+//! `systemd-tmpfiles` skips a locked directory when it cleans `/tmp` by age.
+//!
+//! Making a directory and locking it are two steps, and a registry cleaning
+//! up may take the lock in between and remove the new directory. A cleaner
+//! removes a directory only while it holds its lock, so the creator notices
+//! (the lock is refused, or the path no longer leads to the directory it
+//! locked) and starts over under a new name; once its lock is taken, the
+//! directory is its own for good.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const PREFIX: &str = "verdant-";
 
-/// A private directory; removed on drop when verdant created it.
+/// How often creation starts over after losing a race with a cleaner (each
+/// loss means another registry was cleaning at that very moment).
+const ATTEMPTS: usize = 16;
+
+/// A registry's private directory, locked while it lives and removed on drop.
 #[derive(Debug)]
 pub(crate) struct PrivateDir {
     path: PathBuf,
-    created: bool,
+    /// The directory, open and `flock`ed (exclusive); the lock goes when
+    /// this descriptor is closed, after the directory was removed.
+    _lock: File,
 }
 
 impl PrivateDir {
-    /// Uses `configured`, or creates `$TMPDIR/verdant-<pid>-<nanos>`.
+    /// Removes abandoned directories from `configured` (created with mode
+    /// 0700 if needed, or tightened to it) or `$TMPDIR`, and creates and
+    /// locks a new `verdant-<pid>-<nanos>` there.
     pub(crate) fn create(configured: Option<&Path>) -> io::Result<PrivateDir> {
-        match configured {
+        let base = match configured {
             Some(path) => {
                 fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
                 fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-                remove_copies_of_dead_processes(path);
-                Ok(PrivateDir { path: path.to_owned(), created: false })
+                path.to_owned()
             }
-            None => {
-                let base = std::env::temp_dir();
-                remove_stale(&base);
-                let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-                let path = base.join(format!("{PREFIX}{}-{nanos}", std::process::id()));
-                fs::DirBuilder::new().mode(0o700).create(&path)?;
-                Ok(PrivateDir { path, created: true })
+            None => std::env::temp_dir(),
+        };
+        remove_stale(&base);
+        for _ in 0..ATTEMPTS {
+            if let Some(dir) = create_locked(&base)? {
+                return Ok(dir);
             }
         }
+        Err(io::Error::other(format!(
+            "another process removed each of {ATTEMPTS} new directories before they could be locked"
+        )))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -46,75 +85,305 @@ impl PrivateDir {
     }
 }
 
-/// Writes `bytes` to a new file at `path`: a fresh inode per version.
-///
-/// Copy names carry the pid and a process-wide sequence number, so an
-/// existing file of that name was left by an earlier process that had the
-/// same pid (a restarted container's pid 1); it is replaced. Unlinking it
-/// cannot disturb a mapping, which holds the old inode.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let open = || fs::OpenOptions::new().write(true).create_new(true).mode(0o500).open(path);
-    let mut file = match open() {
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-            fs::remove_file(path)?;
-            open()?
-        }
+/// One attempt: `None` when a cleaner took the new directory first.
+fn create_locked(base: &Path) -> io::Result<Option<PrivateDir>> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let path = base.join(format!("{PREFIX}{}-{nanos}", std::process::id()));
+    match fs::DirBuilder::new().mode(0o700).create(&path) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+        other => other?,
+    }
+    let dir = match open_directory(&path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         other => other?,
     };
-    file.write_all(bytes)
+    if !try_lock(&dir).map_err(|e| io::Error::new(e.kind(), format!("cannot flock {}: {e}", path.display())))? {
+        return Ok(None); // a cleaner holds it and is removing it
+    }
+    // A cleaner may have locked, removed and unlocked it before our lock.
+    let locked = dir.metadata()?;
+    match fs::symlink_metadata(&path) {
+        Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => Ok(Some(PrivateDir { path, _lock: dir })),
+        _ => Ok(None),
+    }
+}
+
+/// Opens a directory itself, never a symbolic link in its place.
+fn open_directory(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)
+}
+
+/// Takes an exclusive `flock` without waiting: `false` when another open
+/// descriptor, in this process or another, holds it.
+///
+/// `libc::flock` rather than `File::try_lock`, whose mechanism std leaves
+/// open: the protocol needs `flock`, which is what other registries (of
+/// older Rust versions too) and `systemd-tmpfiles` look at.
+fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
+/// Writes `bytes` to a new file at `path`, a fresh inode per version, and
+/// returns a read-only descriptor of that inode. A failed write removes
+/// what it wrote.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<File> {
+    // The directory is this registry's own and copy names never repeat in
+    // it, so the file cannot exist yet.
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o500).open(path)?;
+    // Reopened through the descriptor, not the path: the same inode, for
+    // reading only, even if the name was taken over meanwhile.
+    let written = file.write_all(bytes).and_then(|()| {
+        File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot reopen it through /proc/self/fd (is /proc mounted?): {e}"))
+        })
+    });
+    drop(file);
+    written.inspect_err(|_| {
+        // A full disk (or a file size limit) fails the write part-way: the
+        // bytes that fit stay on disk. A partial library must not outlive
+        // the failed reload, taking space and looking like a copy.
+        if let Err(remove) = fs::remove_file(path) {
+            tracing::warn!(copy = %path.display(), error = %remove, "cannot delete a partial library copy");
+        }
+    })
 }
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         // Unlinking copies that are still mapped is harmless: the mapping
-        // keeps the inode alive.
-        if self.created {
-            if let Err(error) = fs::remove_dir_all(&self.path) {
-                tracing::warn!(dir = %self.path.display(), %error, "cannot remove verdant's private directory");
-            }
+        // keeps the inode alive. The lock is released after this, when
+        // `_lock` is closed.
+        if let Err(error) = fs::remove_dir_all(&self.path) {
+            tracing::warn!(dir = %self.path.display(), %error, "cannot remove verdant's private directory");
         }
     }
 }
 
-/// Removes `verdant-<pid>-*` directories of processes that no longer exist
-/// (a process killed with SIGKILL cannot clean up after itself).
+/// Removes the `verdant-*` directories of this user in `base` that no
+/// registry holds locked: their registry's process is gone.
 fn remove_stale(base: &Path) {
     let Ok(entries) = fs::read_dir(base) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let ours = entry.metadata().map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok() == Some(current_uid());
-        if ours && !process_exists(pid) {
-            let _ = fs::remove_dir_all(entry.path());
+        if !entry.file_name().to_str().is_some_and(|name| name.starts_with(PREFIX)) {
+            continue;
         }
-    }
-}
-
-/// In a configured directory, which outlives processes: removes copies
-/// (`<name>-p<pid>-<n>-<hash>.so`) whose process is gone.
-fn remove_copies_of_dead_processes(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".so")) else { continue };
-        // The pid is the third field from the end; loadable names may
-        // contain '-' themselves.
-        let mut fields = name.rsplitn(4, '-');
-        let pid = fields.nth(2).and_then(|p| p.strip_prefix('p')).and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !process_exists(pid) {
-                let _ = fs::remove_file(entry.path());
+        // `DirEntry::metadata` does not follow symbolic links.
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == current_uid());
+        if !ours {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(dir) = open_directory(&path) else { continue };
+        // Removed only while locked: see the module docs.
+        if let Ok(true) = try_lock(&dir) {
+            if let Err(error) = fs::remove_dir_all(&path) {
+                tracing::warn!(dir = %path.display(), %error, "cannot remove an abandoned private directory");
             }
         }
     }
-}
-
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn current_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Set in the environment of a child process that runs one helper test.
+    const CHILD: &str = "VERDANT_PRIVATE_DIR_TEST_CHILD";
+
+    /// This test binary, running only the ignored helper test `name` (with
+    /// [`CHILD`] set, so that the helper does its work).
+    fn child(name: &str) -> Command {
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        command.args(["--exact", &format!("private_dir::tests::{name}"), "--ignored", "--nocapture"]).env(CHILD, "1");
+        command
+    }
+
+    /// The directory a helper child works on.
+    const DIR: &str = "VERDANT_PRIVATE_DIR_TEST_DIR";
+
+    /// A pid no process has: above the largest one Linux hands out (2^22).
+    const NO_SUCH_PID: u32 = 4_194_305;
+
+    /// A directory `verdant-<pid>-<n>` in `base` holding a copy, as a
+    /// registry leaves it.
+    fn leftover(base: &Path, pid: u32, n: u32) -> PathBuf {
+        let dir = base.join(format!("{PREFIX}{pid}-{n}"));
+        fs::DirBuilder::new().mode(0o700).create(&dir).expect("create a leftover directory");
+        fs::write(dir.join("library-1-0123456789ab.so"), b"a copy").expect("write a copy");
+        dir
+    }
+
+    /// A helper child that holds something until its stdin is closed.
+    struct Holder {
+        child: std::process::Child,
+        /// The rest of its output, read when it ends (an unread pipe would
+        /// fail its last writes).
+        stdout: io::Lines<io::BufReader<std::process::ChildStdout>>,
+    }
+
+    /// Starts helper `name` in a child with [`DIR`] set to `dir` and waits
+    /// until it prints a line containing `ready`; returns the child and what
+    /// follows `ready` on that line.
+    fn start_holder(name: &str, dir: &Path, ready: &str) -> (Holder, String) {
+        use std::io::BufRead;
+        let mut child = child(name)
+            .env(DIR, dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the helper");
+        let mut stdout = io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        for line in stdout.by_ref() {
+            let line = line.expect("read the helper's output");
+            if let Some(rest) = line.split_once(ready).map(|(_, rest)| rest.trim().to_owned()) {
+                return (Holder { child, stdout }, rest);
+            }
+        }
+        panic!("the helper {name} ended without printing {ready:?}: {:?}", child.wait());
+    }
+
+    /// Ends a helper started by [`start_holder`] and checks that it passed.
+    fn stop_holder(mut holder: Holder) {
+        drop(holder.child.stdin.take());
+        let rest: Vec<String> = holder.stdout.map_while(Result::ok).collect();
+        let status = holder.child.wait().expect("wait for the helper");
+        assert!(status.success(), "the helper failed ({status}):\n{}", rest.join("\n"));
+    }
+
+    /// Blocks until stdin is closed (by the parent test).
+    fn wait_for_stdin_to_close() {
+        let mut sink = Vec::new();
+        io::Read::read_to_end(&mut io::stdin(), &mut sink).expect("read stdin");
+    }
+
+    #[test]
+    fn unlocked_directories_are_removed_whatever_their_pid_says() {
+        let base = tempfile::tempdir().expect("temp dir");
+        // A container's pid 1 restarted on a persistent /tmp finds the
+        // directories of its predecessor, also pid 1: a live pid, but
+        // nobody holds them.
+        let same_pid = leftover(base.path(), std::process::id(), 1);
+        let dead_pid = leftover(base.path(), NO_SUCH_PID, 2);
+        let not_ours = base.path().join("verdant.log");
+        fs::write(&not_ours, b"not a private directory").unwrap();
+        remove_stale(base.path());
+        assert!(!same_pid.exists(), "an unlocked directory with a live pid was kept");
+        assert!(!dead_pid.exists(), "an unlocked directory with a dead pid was kept");
+        assert!(not_ours.exists(), "only verdant-* directories are removed");
+    }
+
+    #[test]
+    fn a_directory_locked_by_another_process_is_kept_whatever_its_pid_says() {
+        let base = tempfile::tempdir().expect("temp dir");
+        // As a directory of a live registry in another pid namespace looks:
+        // its pid names no process here.
+        let live = leftover(base.path(), NO_SUCH_PID, 3);
+        let (holder, _) = start_holder("hold_a_lock_until_stdin_closes", &live, "VERDANT-LOCKED");
+        remove_stale(base.path());
+        assert!(live.join("library-1-0123456789ab.so").exists(), "a locked directory lost its copy");
+        stop_holder(holder);
+        // Its process is gone, and its lock with it: now it is stale.
+        remove_stale(base.path());
+        assert!(!live.exists(), "an unlocked directory was kept");
+    }
+
+    #[test]
+    #[ignore = "helper of a_directory_locked_by_another_process_is_kept_whatever_its_pid_says"]
+    fn hold_a_lock_until_stdin_closes() {
+        let Some(dir) = std::env::var_os(CHILD).and(std::env::var_os(DIR)) else { return };
+        let dir = fs::File::open(dir).expect("open the directory");
+        // SAFETY: flock on a descriptor `dir` owns.
+        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) }, 0);
+        println!("VERDANT-LOCKED");
+        wait_for_stdin_to_close();
+    }
+
+    #[test]
+    fn a_registry_in_another_process_keeps_its_directory_while_it_lives() {
+        let base = tempfile::tempdir().expect("temp dir");
+        let (holder, created) = start_holder("hold_a_private_dir_until_stdin_closes", base.path(), "VERDANT-DIR");
+        let created = PathBuf::from(created);
+        assert_eq!(created.parent(), Some(base.path()), "{}", created.display());
+        // Seen from another pid namespace, its pid names no process.
+        let renamed = base.path().join(format!("{PREFIX}{NO_SUCH_PID}-4"));
+        fs::rename(&created, &renamed).expect("rename the child's directory");
+
+        let ours = PrivateDir::create(Some(base.path())).expect("a second registry");
+        assert!(renamed.is_dir(), "the live registry's directory was removed");
+        assert_ne!(ours.path(), renamed);
+        stop_holder(holder);
+        drop(ours);
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 1, "only the dead child's directory is left");
+
+        // The child died without cleaning up; the next registry does it.
+        let next = PrivateDir::create(Some(base.path())).expect("a third registry");
+        assert!(!renamed.exists(), "the directory of a dead registry was kept");
+        drop(next);
+    }
+
+    #[test]
+    #[ignore = "helper of a_registry_in_another_process_keeps_its_directory_while_it_lives"]
+    fn hold_a_private_dir_until_stdin_closes() {
+        let Some(base) = std::env::var_os(CHILD).and(std::env::var_os(DIR)) else { return };
+        let dir = PrivateDir::create(Some(Path::new(&base))).expect("create a private directory");
+        println!("VERDANT-DIR {}", dir.path().display());
+        wait_for_stdin_to_close();
+        // Dies like a killed process: nothing is cleaned up.
+        std::mem::forget(dir);
+    }
+
+    #[test]
+    fn a_failed_write_removes_the_partial_copy() {
+        // A real failure in the middle of the write, the way a full disk
+        // fails it: the kernel writes what fits and then refuses the rest.
+        // RLIMIT_FSIZE is per process, so it is lowered in a child.
+        let output = child("write_past_the_file_size_limit").output().expect("run the child");
+        assert!(
+            output.status.success(),
+            "the child failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "helper of a_failed_write_removes_the_partial_copy, which runs it in a child process"]
+    fn write_past_the_file_size_limit() {
+        if std::env::var_os(CHILD).is_none() {
+            return; // lowering RLIMIT_FSIZE here would break every other test
+        }
+        let limit = 4096;
+        // SAFETY: plain libc calls with valid arguments. SIGXFSZ is ignored so
+        // that a write past the limit fails with EFBIG instead of killing the
+        // process; only this child process runs this test.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut current), 0);
+            let lowered = libc::rlimit { rlim_cur: limit, rlim_max: current.rlim_max };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lowered), 0);
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("library-1-0123456789ab.so");
+        let error = write_file(&path, &vec![0x5a; 16 * limit as usize]).expect_err("the write must fail");
+        assert_eq!(error.raw_os_error(), Some(libc::EFBIG), "{error}");
+        let left = fs::metadata(&path).map(|m| m.len());
+        assert!(left.is_err(), "a partial copy of {left:?} bytes was left at {}", path.display());
+    }
 }

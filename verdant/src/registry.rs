@@ -66,9 +66,17 @@ impl Builder {
         self
     }
 
-    /// Where private copies of libraries go. Default: a new
-    /// `$TMPDIR/verdant-<pid>-<nanos>` (mode 0700), removed when the registry
-    /// is dropped. The filesystem must allow executable mappings.
+    /// Where private copies of libraries go: the registry makes its own
+    /// directory `verdant-<pid>-<nanos>` (mode 0700) in `dir` (created, or
+    /// tightened to mode 0700) instead of `$TMPDIR`, and removes it when it
+    /// is dropped. The filesystem must allow executable mappings and
+    /// `flock`.
+    ///
+    /// A registry holds a lock on its directory while it lives; a new
+    /// registry removes the directories in the same place whose lock nobody
+    /// holds (left by processes that were killed), and never one whose lock
+    /// is held, whatever pid its name shows (a container's pid 1, a process
+    /// in another pid namespace).
     ///
     /// ```
     /// let builder = verdant::Verdant::builder(()).private_dir("/var/lib/my-service/verdant");
@@ -460,7 +468,8 @@ impl Verdant {
         self.inner.names()
     }
 
-    /// The private directory holding library copies.
+    /// The private directory holding library copies: this registry's own,
+    /// locked while it lives (see [`Builder::private_dir`]).
     ///
     /// ```
     /// let verdant = verdant::Verdant::builder(()).build()?;

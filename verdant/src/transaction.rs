@@ -154,10 +154,11 @@ fn load(
     let copy = timed(entry, steps, Step::Copy, || {
         inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), &bytes)
     })?;
+    let copy_path = copy.path.clone();
     let library = timed(entry, steps, Step::Open, || {
-        inner.stages.open(&copy).inspect_err(|_| {
+        inner.stages.open(copy).inspect_err(|_| {
             // Never opened, so nothing maps it: the copy can go now.
-            let _ = std::fs::remove_file(&copy);
+            let _ = std::fs::remove_file(&copy_path);
         })
     })?;
     timed(entry, steps, Step::Check, || library.check_fingerprints(&entry.ops.expected(inner.context_fingerprint)))?;
@@ -176,7 +177,7 @@ fn load(
             hash,
             loaded_at: SystemTime::now(),
         },
-        copy,
+        copy: copy_path,
         retired_at: Mutex::new(None),
         detach: Mutex::new(DetachState::Pending),
         library: std::sync::OnceLock::new(),

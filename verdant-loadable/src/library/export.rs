@@ -219,8 +219,10 @@ macro_rules! export {
             verdant_version: $crate::descriptor::RawStr::new($crate::descriptor::VERDANT_VERSION),
             package_name: $crate::descriptor::RawStr::new(env!("CARGO_PKG_NAME")),
             package_version: $crate::descriptor::RawStr::new(env!("CARGO_PKG_VERSION")),
+            // Expanded in the library crate, so this is the library's build.
+            panic_unwind: cfg!(panic = "unwind"),
             use_host_allocator: {
-                fn use_host_allocator(table: &'static $crate::allocator::AllocatorTable) {
+                fn use_host_allocator(table: &'static $crate::allocator::AllocatorTable) -> usize {
                     __VERDANT_HOST_ALLOCATOR.install(table)
                 }
                 use_host_allocator
