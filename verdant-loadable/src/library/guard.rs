@@ -290,6 +290,38 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_caught_during_thread_teardown_does_not_abort() {
+        /// Runs a guarded call that panics from a thread-local destructor
+        /// that runs after the panic-location slot was destroyed.
+        struct CatchOnExit(Arc<AtomicUsize>);
+
+        impl Drop for CatchOnExit {
+            fn drop(&mut self) {
+                if catch(|| panic!("late")).is_err() {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+
+        thread_local! {
+            static ON_EXIT: std::cell::RefCell<Option<CatchOnExit>> = const { std::cell::RefCell::new(None) };
+        }
+
+        let caught = Arc::new(AtomicUsize::new(0));
+        let counter = caught.clone();
+        std::thread::spawn(move || {
+            // Registered first, so destroyed last (destructors run in
+            // reverse order): when it runs, `LAST_LOCATION` is gone, and a
+            // `with` on it would panic outside any `catch_unwind`, aborting.
+            ON_EXIT.with(|slot| *slot.borrow_mut() = Some(CatchOnExit(counter)));
+            let _ = catch(|| panic!("registers the location slot"));
+        })
+        .join()
+        .expect("the thread ends normally");
+        assert_eq!(caught.load(Ordering::SeqCst), 1, "the late panic was caught and reported");
+    }
+
+    #[test]
     fn a_finished_future_yields_its_value() {
         let mut future = guard_future(|| async { 7 });
         assert_eq!(poll_once(future.as_mut()), Poll::Ready(Ok(7)));
