@@ -10,7 +10,30 @@
 //! finished (after `Finished` the message is already on its way, and its send
 //! never blocks).
 //!
-//! Model-checked with loom (`scripts/loom`, tests below).
+//! # Model check
+//!
+//! `scripts/loom` runs this module's code itself, with loom's mutex and
+//! channel, over every interleaving of one worker and one waiter (about 17
+//! executions). loom has no clock, so the timed wait is modelled as one look
+//! at the channel: the message is there or not, depending on the
+//! interleaving — a time limit of any length, expiring at any point of the
+//! worker's progress, including "finished just after the deadline".
+//! Checked, for every interleaving:
+//!
+//! - the outcome reaches exactly one party: the waiter, or the worker as its
+//!   own to retire — never none (lost in the channel), never both;
+//! - the waiter returns: a blocking receive after `Finished` always has a
+//!   message (loom reports a deadlock otherwise), and a worker that never
+//!   finishes is abandoned;
+//! - the entry `attach` records in the stuck list while abandoning is there
+//!   before the late worker removes it, so none is left behind.
+//!
+//! Not covered: the real waiting time and its clock; what `attach` does
+//! around the protocol (running the hook, retiring the late instance, the
+//! stuck list's own lock, which the model replaces by a mutex of its own);
+//! a worker that panics before finishing (its sender is dropped:
+//! `recv_timeout` returns at once and the waiter abandons — std behaviour that
+//! loom's channel does not model).
 
 use std::time::Duration;
 

@@ -7,7 +7,20 @@
 //! recording consumes instead of inserting. Whatever the order, once both
 //! the recording and the end ran, the set holds nothing for the task.
 //!
-//! Model-checked with loom (`scripts/loom`, tests below).
+//! # Model check
+//!
+//! `scripts/loom` runs this type's code itself, with loom's mutex, over
+//! every interleaving (about 7,800 executions) of: `spawn` recording two
+//! tasks one after the other, each task ending on a thread of its own (before,
+//! between or after the recordings), and `abort_all` and `running` reading
+//! the set between them. Checked: once everything ran, the set holds no
+//! entry at all — no `Running` entry for a task that ended, no `Ended` mark
+//! left unconsumed — and the readers never count more tasks than were
+//! spawned.
+//!
+//! Not covered: tokio itself (that a spawned task's drop runs exactly once,
+//! and only after `spawn` created it, is tokio's guarantee and assumed);
+//! aborting, which happens outside the lock.
 
 use std::collections::HashMap;
 
