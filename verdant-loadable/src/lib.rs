@@ -105,6 +105,7 @@ mod host;
 mod interface;
 mod library;
 mod panic;
+mod sync;
 
 pub use interface::{Interface, LibraryPin, ProxyContext, VersionPin};
 pub use library::allocator;

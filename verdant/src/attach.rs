@@ -6,21 +6,22 @@
 //! thread is listed in `status().stuck_attaches` until it returns; if it
 //! ever does, the instance it made is detached at once and never served.
 //!
-//! Hand-off protocol (one `Mutex<Attempt>` per attach): whichever side comes
-//! second — the waiter giving up or the hook finishing — decides. The waiter
-//! marks `Abandoned` only while the attempt is `Running`; the thread sends
-//! its outcome only while nobody abandoned it, otherwise retires it itself.
+//! The hand-off between the thread and the transaction is
+//! [`crate::handoff`]: whichever side comes second — the waiter giving up or
+//! the hook finishing — decides, and the outcome reaches exactly one of them
+//! (model-checked with loom).
 
 use std::any::Any;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
 use crate::descriptor::{AttachArgs, AttachFailure, AttachOutcome, Instance};
 use crate::error::LoadError;
+use crate::handoff::hand_off;
 use crate::loader::LoadedLibrary;
 use crate::Interface;
 
@@ -58,13 +59,6 @@ pub(crate) struct AttachEnv {
     pub stuck: Arc<StuckAttaches>,
 }
 
-#[derive(PartialEq, Eq)]
-enum Attempt {
-    Running,
-    Finished,
-    Abandoned,
-}
-
 /// Runs the attach entry point of `library` for interface `I`.
 ///
 /// `keep_alive` is what the library may hold to stay mapped (see
@@ -78,11 +72,9 @@ pub(crate) fn attach<I: Interface + ?Sized>(
 ) -> Result<Box<dyn Instance<I>>, LoadError> {
     let id = env.stuck.next_id.fetch_add(1, Ordering::Relaxed);
     let thread_name = format!("verdant-attach-{loadable}-{id}");
-    let attempt = Arc::new(Mutex::new(Attempt::Running));
-    let (sender, receiver) = mpsc::sync_channel::<AttachOutcome<I>>(1);
+    let (finisher, waiter) = hand_off::<AttachOutcome<I>>();
 
     let thread_library = library.clone();
-    let thread_attempt = attempt.clone();
     let context = env.context.clone();
     let runtime = env.runtime.clone();
     let stuck = env.stuck.clone();
@@ -107,45 +99,32 @@ pub(crate) fn attach<I: Interface + ?Sized>(
                 (thread_library.descriptor().attach)(&args, outcome.as_mut_ptr().cast());
                 outcome.assume_init()
             };
-            let mut state = thread_attempt.lock();
-            if *state == Attempt::Abandoned {
-                drop(state);
+            if let Some(late) = finisher.finish(outcome) {
                 stuck.list.lock().retain(|s| s.id != id);
-                if let Ok(instance) = outcome {
+                if let Ok(instance) = late {
                     tracing::warn!(thread = %std::thread::current().name().unwrap_or("?"), "an abandoned attach hook returned late; detaching its instance");
                     if let Err(panic) = instance.retire() {
                         tracing::error!(panic = panic.message(), "detach of a late instance panicked; contained");
                     }
                 }
-            } else {
-                *state = Attempt::Finished;
-                // The receiver is alive: the waiter either waits or will
-                // see `Finished` and receive.
-                let _ = sender.send(outcome);
             }
             drop(thread_library);
         })
         .map_err(|e| LoadError::Thread { source: Arc::new(e) })?;
 
-    let outcome = match receiver.recv_timeout(env.timeout) {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            let mut state = attempt.lock();
-            if *state == Attempt::Running {
-                *state = Attempt::Abandoned;
-                env.stuck.list.lock().push(StuckAttach {
-                    loadable: loadable.to_owned(),
-                    thread: thread_name.clone(),
-                    since: SystemTime::now(),
-                    id,
-                });
-                tracing::error!(thread = %thread_name, limit = ?env.timeout, "attach hook timed out; thread abandoned");
-                return Err(LoadError::AttachTimedOut { limit: env.timeout, thread: thread_name });
-            }
-            drop(state);
-            // Finished just after the deadline: the outcome is in the channel.
-            receiver.recv().map_err(|_| LoadError::AttachTimedOut { limit: env.timeout, thread: thread_name })?
-        }
+    // The stuck-list entry is pushed before the thread can see `Abandoned`,
+    // so its removal by a late thread always finds it.
+    let outcome = waiter.wait(env.timeout, || {
+        env.stuck.list.lock().push(StuckAttach {
+            loadable: loadable.to_owned(),
+            thread: thread_name.clone(),
+            since: SystemTime::now(),
+            id,
+        });
+    });
+    let Some(outcome) = outcome else {
+        tracing::error!(thread = %thread_name, limit = ?env.timeout, "attach hook timed out; thread abandoned");
+        return Err(LoadError::AttachTimedOut { limit: env.timeout, thread: thread_name });
     };
     outcome.map_err(|failure| match failure {
         AttachFailure::Failed(message) => LoadError::AttachFailed { message },

@@ -149,6 +149,9 @@ impl std::fmt::Debug for LibraryKeepAlive {
 }
 
 impl Drop for LibraryKeepAlive {
+    // Not model-checked (scripts/loom): nothing here races. Drop runs once,
+    // `take` makes the job single, and the job runs exactly once, on the
+    // retirement thread or inline if that thread is gone (`submit`).
     fn drop(&mut self) {
         let Some(library) = self.library.take() else { return };
         let watch = self.watch.take();

@@ -11,3 +11,4 @@ pub(crate) mod logging;
 pub(crate) mod router;
 pub(crate) mod runtime_link;
 pub mod task;
+pub(crate) mod task_set;

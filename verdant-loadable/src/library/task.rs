@@ -18,37 +18,25 @@
 //! into the library, catches it there and reports it to the task's
 //! `JoinHandle` as a `JoinError`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::library::task_set::TaskSet;
+
 /// The tasks this library copy started that have not ended yet. Each copy of
 /// a library has its own ([`docs::boundary`](crate::docs::boundary) §7), so this is per version.
-///
-/// The lock is never held while a task is spawned or aborted: tokio may drop
-/// a task right there, and its drop takes the lock. A task can therefore end
-/// before [`spawn`] records it; it then leaves an `Ended` mark that the
-/// recording consumes instead of inserting.
-static TASKS: Mutex<Option<HashMap<u64, Entry>>> = Mutex::new(None);
+/// A task can end before [`spawn`] records it: see [`TaskSet`].
+#[cfg(not(verdant_loom))]
+static TASKS: TaskSet<AbortHandle> = TaskSet::new();
+// loom's mutex has no `const` constructor; nothing touches this static in a
+// model run (`scripts/loom`), the models build their own set.
+#[cfg(verdant_loom)]
+static TASKS: std::sync::LazyLock<TaskSet<AbortHandle>> = std::sync::LazyLock::new(TaskSet::new);
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-enum Entry {
-    Running(AbortHandle),
-    /// The task ended before `spawn` recorded it.
-    Ended,
-}
-
-fn with_tasks<R>(f: impl FnOnce(&mut HashMap<u64, Entry>) -> R) -> R {
-    // A poisoned lock only means a panic elsewhere while it was held; the
-    // map itself is always consistent.
-    let mut tasks = TASKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    f(tasks.get_or_insert_with(HashMap::new))
-}
 
 /// Spawns a background task from library code, on the host's runtime.
 ///
@@ -83,13 +71,7 @@ where
         Some(runtime) => runtime.spawn(task),
         None => tokio::spawn(task),
     };
-    let abort = handle.abort_handle();
-    with_tasks(|tasks| {
-        if let Some(Entry::Ended) = tasks.remove(&id) {
-            return;
-        }
-        tasks.insert(id, Entry::Running(abort));
-    });
+    TASKS.record(id, handle.abort_handle());
     handle
 }
 
@@ -112,15 +94,7 @@ where
 pub fn abort_all() -> usize {
     // Entries stay until each task's drop removes them: a cancelled task is
     // still running until it reaches its next `.await`.
-    let running: Vec<AbortHandle> = with_tasks(|tasks| {
-        tasks
-            .values()
-            .filter_map(|entry| match entry {
-                Entry::Running(handle) => Some(handle.clone()),
-                Entry::Ended => None,
-            })
-            .collect()
-    });
+    let running = TASKS.running_handles();
     for task in &running {
         task.abort();
     }
@@ -134,7 +108,7 @@ pub fn abort_all() -> usize {
 /// assert_eq!(verdant_loadable::task::running(), 0);
 /// ```
 pub fn running() -> usize {
-    with_tasks(|tasks| tasks.values().filter(|entry| matches!(entry, Entry::Running(_))).count())
+    TASKS.running()
 }
 
 /// A task of [`spawn`]: enters the host runtime around each poll, and leaves
@@ -161,12 +135,7 @@ impl<F: Future> Future for Task<F> {
 
 impl<F> Drop for Task<F> {
     fn drop(&mut self) {
-        let id = self.id;
-        with_tasks(|tasks| {
-            if tasks.remove(&id).is_none() {
-                tasks.insert(id, Entry::Ended);
-            }
-        });
+        TASKS.ended(self.id);
     }
 }
 
