@@ -69,7 +69,7 @@ pub struct RetiredStatus {
     pub retired_at: Option<SystemTime>,
     /// Calls, futures or responses still pinned to it.
     pub in_flight: usize,
-    /// Tasks it started with [`verdant_loadable::spawn`](crate::spawn) that are still
+    /// Tasks it started with [`verdant_loadable::spawn`] that are still
     /// running; they keep its library loaded (and may outlive its detach,
     /// unless the detach hook aborted them).
     pub tasks_running: usize,
