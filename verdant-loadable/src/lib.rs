@@ -28,9 +28,9 @@
 //!
 //! | Folder | Runs in | What |
 //! |---|---|---|
-//! | `src/library/` | the library | `export.rs` ([`Loadable`], [`export!`], the attach entry), `guard.rs` (the panic guards of [`boundary`]), `runtime_link.rs`, `logging.rs`, `allocator.rs`, `task.rs`, `router.rs` (the guarded router and body) |
+//! | `src/library/` | the library | `export.rs` ([`Loadable`], [`export!`], the attach entry), `guard.rs` (the panic guards of [`boundary`]), `runtime_link.rs`, `logging.rs`, `allocator.rs`, `task.rs` (+ `task_set.rs`, its bookkeeping, model-checked), `router.rs` (the guarded router and body) |
 //! | `src/host/` | the host | `deliver.rs` (how a proxy hands a caught panic to its caller), `router.rs` (serving a library router: pins per request), `tables.rs` (the host functions a library forwards to) |
-//! | `src/` | both | `descriptor.rs` (the ABI the loader reads), `interface.rs` ([`Interface`], [`ProxyContext`], pins), `panic.rs` ([`boundary::Panic`], [`Panicked`]) |
+//! | `src/` | both | `descriptor.rs` (the ABI the loader reads), `interface.rs` ([`Interface`], [`ProxyContext`], pins), `panic.rs` ([`boundary::Panic`], [`Panicked`]); `sync.rs` is std, or loom under `--cfg verdant_loom` |
 //!
 //! # The boundary: every way into library code, and its guard
 //!
