@@ -331,3 +331,23 @@ fn library_events_reach_the_hosts_subscriber() {
     verdant.reload_blocking(None).unwrap();
     assert_eq!(events.load(std::sync::atomic::Ordering::SeqCst), 2, "and the v2 library's, a fresh copy of tracing");
 }
+
+#[test]
+fn building_a_registry_raises_the_soft_open_file_limit_to_the_hard_limit() {
+    // Every retained version keeps one descriptor open; with a soft limit of
+    // 1024 a service would stop loading (and accepting) after ~1000 reloads.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on structs this test owns; this test runs
+    // in a process of its own (nextest), so lowering its limit affects
+    // nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        let hard = limit.rlim_max;
+        assert!(hard > 256, "the hard limit leaves room for the test: {hard}");
+        let lowered = libc::rlimit { rlim_cur: 256, rlim_max: hard };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
+        let _verdant = Verdant::builder(()).build().expect("build");
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        assert_eq!(limit.rlim_cur, hard, "the soft limit was raised to the hard one");
+    }
+}

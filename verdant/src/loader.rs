@@ -300,6 +300,44 @@ fn still_loaded(name: &str) -> bool {
     unsafe { Library::open(Some(name), RTLD_NOLOAD | RTLD_LAZY) }.is_ok()
 }
 
+/// Raises this process's soft limit of open descriptors to its hard limit,
+/// once.
+///
+/// Every version that stays mapped keeps the descriptor it was `dlopen`ed
+/// through open (`LoadedLibrary::file`): glibc knows the library by the name
+/// `/proc/self/fd/N`, and a later copy opened under the same N would get the
+/// old library back. A service reloaded every few minutes would otherwise
+/// reach the common soft limit of 1024 after about a thousand reloads, and
+/// then fail to accept connections as well as to load. The hard limit is the
+/// administrator's ceiling and stays as it is; raising the soft limit to it
+/// is what Go's runtime does at start-up for the same reason. Failure is
+/// logged and otherwise ignored: the limit only matters after many reloads.
+pub(crate) fn raise_open_file_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given, which lives here.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+            return;
+        }
+        if limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads the struct it is given; lowering nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(from = limit.rlim_cur, to = limit.rlim_max, "raised the soft open-file limit");
+        } else {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                soft = limit.rlim_cur,
+                "cannot raise the soft open-file limit; each retained version keeps one descriptor open"
+            );
+        }
+    });
+}
+
 /// Numbers private copies across every registry of this process.
 static COPY_SEQUENCE: AtomicU64 = AtomicU64::new(1);
 

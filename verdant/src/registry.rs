@@ -131,7 +131,9 @@ impl Builder {
     }
 
     /// Creates the registry: its private directory and its reload and
-    /// retirement threads.
+    /// retirement threads. It also raises the process's soft limit of open
+    /// descriptors to the hard limit (once per process): every version kept
+    /// mapped holds one descriptor open for good.
     ///
     /// ```
     /// let verdant = verdant::Verdant::builder(()).build()?;
@@ -144,6 +146,7 @@ impl Builder {
                 return Err(Error::DuplicateName { name: entry.name.to_string() });
             }
         }
+        crate::loader::raise_open_file_limit();
         let private_dir = PrivateDir::create(self.private_dir.as_deref()).map_err(|e| Error::PrivateDir {
             path: self.private_dir.clone().unwrap_or_else(std::env::temp_dir),
             source: Arc::new(e),
