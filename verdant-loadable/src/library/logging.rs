@@ -198,7 +198,7 @@ impl Subscriber for Forward {
         let mut spans = self.spans.write().unwrap_or_else(PoisonError::into_inner);
         match spans.get_mut(&span.into_u64()) {
             Some(owned) => {
-                owned.refs += 1;
+                owned.refs = owned.refs.saturating_add(1);
                 let (dispatch, id) = (owned.dispatch.clone(), owned.id.clone());
                 drop(spans);
                 dispatch.clone_span(&id);
@@ -216,7 +216,9 @@ impl Subscriber for Forward {
         let key = span.into_u64();
         match spans.get_mut(&key) {
             Some(owned) => {
-                owned.refs -= 1;
+                // Saturating: an unbalanced close must not panic here, inside
+                // the subscriber the library calls.
+                owned.refs = owned.refs.saturating_sub(1);
                 let (dispatch, id) = (owned.dispatch.clone(), owned.id.clone());
                 if owned.refs == 0 {
                     spans.remove(&key);
