@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests: where the built libraries are, and an
 //! artifact path that tests overwrite the way a rebuild does.
 
+pub mod client;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

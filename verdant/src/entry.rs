@@ -2,6 +2,7 @@
 //! type-erased face the transaction can drive.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
@@ -16,6 +17,7 @@ use crate::loader::LoadedLibrary;
 use crate::runtime_watch::RuntimeWatch;
 use crate::version::{DetachState, LibraryKeepAlive, Retirement, Version, VersionMeta};
 use crate::Interface;
+use verdant_loadable::http::{ExtensionContext, HttpExtension};
 
 /// A loadable as the registry keeps it.
 pub(crate) struct Entry {
@@ -25,8 +27,26 @@ pub(crate) struct Entry {
     /// `Arc<Slot<I>>` of the interface given to `add`.
     pub slot: Arc<dyn Any + Send + Sync>,
     pub ops: Box<dyn EntryOps>,
+    /// Where the HTTP pipeline serves its routes (`/shop`), if anywhere.
+    pub mount: Option<Arc<str>>,
+    /// The context its attach hook gets instead of the registry's: an
+    /// [`ExtensionContext`] for every `dyn HttpExtension`.
+    pub context: Option<EntryContext>,
     /// Versions that stopped serving, oldest first (see `record_retired`).
     retired: Mutex<Vec<Retired>>,
+}
+
+/// A context of an entry's own.
+#[derive(Clone)]
+pub(crate) struct EntryContext {
+    pub value: Arc<dyn Any + Send + Sync>,
+    pub fingerprint: Fingerprint,
+}
+
+impl EntryContext {
+    fn extension(context: ExtensionContext) -> Self {
+        EntryContext { value: Arc::new(context), fingerprint: Fingerprint::of::<ExtensionContext>("context") }
+    }
 }
 
 /// How many finished (unpinned and detached) retired versions `status()`
@@ -38,15 +58,40 @@ impl Entry {
     pub(crate) fn new<I: Interface + ?Sized>(name: &str, path: PathBuf) -> Entry {
         let name: Arc<str> = Arc::from(name);
         let slot = Arc::new(Slot::<I>::new(name.clone()));
+        let context = is_extension::<I>()
+            .then(|| EntryContext::extension(ExtensionContext::new(&*name, None, Default::default())));
         Entry {
             name,
             path,
             interface: std::any::type_name::<I>(),
             slot: slot.clone(),
             ops: Box::new(TypedOps { slot }),
+            mount: None,
+            context,
             retired: Mutex::new(Vec::new()),
         }
     }
+
+    /// Sets where its routes are served and, for an HTTP extension, the
+    /// settings its attach hook gets.
+    pub(crate) fn with_http(mut self, mount: Option<&str>, settings: BTreeMap<String, String>) -> Entry {
+        self.mount = mount.map(Arc::from);
+        if self.context.is_some() {
+            let context = ExtensionContext::new(&*self.name, mount.map(str::to_owned), settings);
+            self.context = Some(EntryContext::extension(context));
+        }
+        self
+    }
+
+    /// The fingerprint of the context its attach hook gets.
+    pub(crate) fn context_fingerprint(&self, registry: Fingerprint) -> Fingerprint {
+        self.context.as_ref().map_or(registry, |context| context.fingerprint)
+    }
+}
+
+/// Whether `I` is the standard HTTP extension interface.
+fn is_extension<I: Interface + ?Sized>() -> bool {
+    std::any::TypeId::of::<I>() == std::any::TypeId::of::<dyn HttpExtension>()
 }
 
 impl Entry {

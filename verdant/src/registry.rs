@@ -4,7 +4,7 @@ use std::any::Any;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -173,6 +173,7 @@ impl Builder {
             coordinator: coordinator.clone(),
             sigpipe: Arc::new(SigpipeCounters::default()),
             sigpipe_listener: Mutex::new(None),
+            listeners: Mutex::new(Vec::new()),
         });
         trigger::start_worker(coordinator, Arc::downgrade(&inner))
             .map_err(|e| Error::Worker { what: "reload", reason: e.to_string() })?;
@@ -229,6 +230,16 @@ pub(crate) struct Inner {
     coordinator: Arc<Coordinator>,
     sigpipe: Arc<SigpipeCounters>,
     sigpipe_listener: Mutex<Option<sigpipe::Listener>>,
+    /// Told after every change of what serves (see [`ChangeListener`]).
+    listeners: Mutex<Vec<Weak<dyn ChangeListener>>>,
+}
+
+/// Something that derives state from what serves (the HTTP pipeline) and
+/// must rebuild it after every transaction, revocation or manifest change,
+/// before the call that made the change returns.
+pub(crate) trait ChangeListener: Send + Sync {
+    /// What serves changed; `inner` is the registry.
+    fn changed(&self, inner: &Inner);
 }
 
 impl Verdant {
@@ -314,7 +325,9 @@ impl Verdant {
         if targets.is_empty() {
             return Ok(self.inner.empty_report(Trigger::Attach));
         }
-        transaction::run(&self.inner, &targets, Mode::Attach, Trigger::Attach, 1)
+        let result = transaction::run(&self.inner, &targets, Mode::Attach, Trigger::Attach, 1);
+        self.inner.notify_changed();
+        result
     }
 
     /// Reloads the selected loadables: `None` for all, `Some("shop")`, a
@@ -410,6 +423,7 @@ impl Verdant {
                 entry.record_retired(retired);
             }
         }
+        self.inner.notify_changed();
         tracing::info!("verdant registry revoked");
     }
 
@@ -481,6 +495,10 @@ impl Verdant {
     /// ```
     pub fn private_dir(&self) -> &Path {
         self.inner.private_dir.path()
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 }
 
@@ -581,7 +599,32 @@ impl Inner {
         self.check_not_revoked()?;
         let targets: Vec<Arc<Entry>> =
             self.entries.read().iter().filter(|e| names.contains(&e.name)).cloned().collect();
-        transaction::run(self, &targets, Mode::Reload, trigger, coalesced)
+        let result = transaction::run(self, &targets, Mode::Reload, trigger, coalesced);
+        self.notify_changed();
+        result
+    }
+
+    /// The registered loadables, in order.
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+        self.entries.read().clone()
+    }
+
+    /// Registers `listener`; it is told of every later change until it is
+    /// dropped.
+    pub(crate) fn subscribe(&self, listener: Weak<dyn ChangeListener>) {
+        self.listeners.lock().push(listener);
+    }
+
+    /// Tells every live listener that what serves changed.
+    pub(crate) fn notify_changed(&self) {
+        let listeners: Vec<Arc<dyn ChangeListener>> = {
+            let mut list = self.listeners.lock();
+            list.retain(|listener| listener.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        for listener in listeners {
+            listener.changed(self);
+        }
     }
 }
 

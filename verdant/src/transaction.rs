@@ -161,7 +161,9 @@ fn load(
             let _ = std::fs::remove_file(&copy_path);
         })
     })?;
-    timed(entry, steps, Step::Check, || library.check_fingerprints(&entry.ops.expected(inner.context_fingerprint)))?;
+    timed(entry, steps, Step::Check, || {
+        library.check_fingerprints(&entry.ops.expected(entry.context_fingerprint(inner.context_fingerprint)))
+    })?;
     // From the attach hook on, library code runs and may leave what no
     // one can track: the library stays mapped for the life of the process
     // (docs/boundary.md §4, "Why Verdant never unmaps an attached library").
@@ -182,7 +184,10 @@ fn load(
         detach: Mutex::new(DetachState::Pending),
         library: std::sync::OnceLock::new(),
     });
-    let env = inner.attach_env();
+    let mut env = inner.attach_env();
+    if let Some(context) = &entry.context {
+        env.context = context.value.clone();
+    }
     let prepared =
         timed(entry, steps, Step::Attach, || entry.ops.attach(Arc::new(library), meta, &env, &inner.retirement))?;
     Ok(Loaded::Prepared(prepared))

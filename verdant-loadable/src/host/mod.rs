@@ -5,5 +5,6 @@
 //! through the guards of `crate::library`.
 
 pub(crate) mod deliver;
+pub(crate) mod middleware;
 pub(crate) mod router;
 pub(crate) mod tables;

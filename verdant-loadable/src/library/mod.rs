@@ -8,6 +8,7 @@ pub mod allocator;
 pub(crate) mod export;
 pub(crate) mod guard;
 pub(crate) mod logging;
+pub(crate) mod middleware;
 pub(crate) mod router;
 pub(crate) mod runtime_link;
 pub mod task;

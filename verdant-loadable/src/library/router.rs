@@ -103,10 +103,10 @@ impl Drop for GuardedRouter {
 /// [`GuardedBody`], and its extensions are dropped here, inside the
 /// library, because they are type-erased values whose code (their `Drop`)
 /// is the library's.
-fn guard_response(response: Response<Body>) -> Response<Body> {
+pub(crate) fn guard_response(response: Response<Body>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     parts.extensions.clear();
-    Response::from_parts(parts, Body::new(GuardedBody { inner: ManuallyDrop::new(body), failed: false }))
+    Response::from_parts(parts, Body::new(GuardedBody::new(body)))
 }
 
 /// A response body whose every `poll_frame`, `is_end_stream`, `size_hint`
@@ -116,9 +116,17 @@ fn guard_response(response: Response<Body>) -> Response<Body> {
 /// status line and the frames before it were already sent, so hyper can
 /// only abort the response (the client sees a truncated body or a reset
 /// connection), and the service keeps running.
-struct GuardedBody {
+pub(crate) struct GuardedBody {
     inner: ManuallyDrop<Body>,
     failed: bool,
+}
+
+impl GuardedBody {
+    /// Guards `body`, a body whose code may be the library's. Library side
+    /// only: the guard is this copy's.
+    pub(crate) fn new(body: Body) -> Self {
+        GuardedBody { inner: ManuallyDrop::new(body), failed: false }
+    }
 }
 
 /// The error a [`GuardedBody`] ends with after a panic.

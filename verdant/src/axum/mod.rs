@@ -24,7 +24,9 @@
 //! ```
 
 mod mount;
+mod pipeline;
 
 pub use ::axum::Router;
 pub use mount::{mount, Served};
+pub use pipeline::{pipeline, Pipeline, PipelineLayout};
 pub use verdant_loadable::router::LibraryRouter;

@@ -1,0 +1,506 @@
+//! The HTTP pipeline: every extension's middleware in manifest order, then
+//! the routes of the loadable whose mount matches, then the host's fallback.
+//!
+//! # How a request runs
+//!
+//! The pipeline keeps one [`Snapshot`] of what serves: for each loadable in
+//! registry (manifest) order, its middleware and its router, made once per
+//! loaded version, together with a pin of that version. A request loads the
+//! current snapshot (one `Arc` clone) and runs on it to the end: the
+//! middlewares one after another (each gets a [`Next`] that runs the rest),
+//! then the route whose mount matches its path, else the fallback. The
+//! response body holds the snapshot until it ends, so every version the
+//! request went through stays attached until its last byte is sent.
+//!
+//! # When it changes
+//!
+//! The registry tells the pipeline after every transaction, revocation and
+//! manifest change, before the call that made the change returns; the
+//! pipeline then builds a new snapshot and stores it with one atomic swap.
+//! New requests see the new one; requests in flight finish on theirs. A
+//! replaced snapshot is dropped when its last request ends, which unpins
+//! the versions only it held, so they detach.
+//!
+//! Invariant: a snapshot holds a version pinned for as long as the snapshot
+//! is current or a request still uses it; after a change, the registry's
+//! call returns only once the snapshot without the old version is current.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use ::axum::body::Body;
+use ::axum::http::{Request, Response, StatusCode, Uri};
+use ::axum::Router;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use parking_lot::{Mutex, RwLock};
+use verdant_loadable::http::{HttpExtension, Middleware, Next};
+
+use verdant_loadable::__private::{host_panic_text, internal_error, plain_response as text};
+
+use crate::axum::Served;
+use crate::entry::Entry;
+use crate::handle::{Handle, Pinned, Slot};
+use crate::registry::{ChangeListener, Inner};
+use crate::{Interface, Verdant};
+
+/// The HTTP pipeline of a registry's loadables, as a `tower::Service`
+/// (see [`pipeline`]). Cheap to clone; all clones share one pipeline.
+#[derive(Clone)]
+pub struct Pipeline {
+    shared: Arc<Shared>,
+}
+
+/// Serves every loadable of `verdant` over HTTP: the middleware of each
+/// HTTP extension in manifest order, then the routes of the loadable whose
+/// mount matches the request path (with the mount stripped from the path),
+/// then the host's fallback (by default a 404).
+///
+/// HTTP extensions (`dyn verdant_loadable::http::HttpExtension`) offer
+/// their routes and middleware themselves. A typed loadable with a mount
+/// serves routes once you tell the pipeline how to get them with
+/// [`Pipeline::routes`]. A mount whose loadable is not attached (its attach
+/// failed) answers 503 with the reason; a loadable removed from the
+/// manifest is gone: its mount answers 404 and its middleware is out of the
+/// chain for every new request.
+///
+/// Put it behind the host's own routes and layers:
+///
+/// ```no_run
+/// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn router(&self) -> axum::Router; }
+/// # fn demo(verdant: verdant::Verdant) {
+/// use axum::routing::get;
+/// let pipeline = verdant::axum::pipeline(&verdant).routes::<dyn Shop>(|shop| shop.router());
+/// let app: axum::Router = axum::Router::new()
+///     .route("/health", get(|| async { "ok" }))   // host routes: outside the pipeline
+///     .fallback_service(pipeline);                // everything else: extensions
+/// # let _ = app; }
+/// ```
+pub fn pipeline(verdant: &Verdant) -> Pipeline {
+    let inner = verdant.inner();
+    let shared = Arc::new(Shared {
+        registry: Arc::downgrade(inner),
+        sources: RwLock::new(Vec::new()),
+        fallback: RwLock::new(None),
+        current: ArcSwap::from_pointee(Snapshot::default()),
+        rebuilding: Mutex::new(()),
+    });
+    let listener: Weak<dyn ChangeListener> = Arc::downgrade(&shared) as Weak<dyn ChangeListener>;
+    inner.subscribe(listener);
+    shared.rebuild(inner);
+    Pipeline { shared }
+}
+
+impl Pipeline {
+    /// Serves the routes of every loadable of interface `I` that has a mount,
+    /// with the router `router` returns (called once per loaded version; the
+    /// router the interface macro generates is built once per version too).
+    ///
+    /// ```no_run
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn router(&self) -> axum::Router; }
+    /// # fn demo(verdant: verdant::Verdant) {
+    /// let pipeline = verdant::axum::pipeline(&verdant).routes::<dyn Shop>(|shop| shop.router());
+    /// # let _ = pipeline; }
+    /// ```
+    pub fn routes<I, F>(self, router: F) -> Self
+    where
+        I: Interface + ?Sized,
+        F: Fn(&I) -> Router + Send + Sync + 'static,
+    {
+        let source: RouteSource = Arc::new(move |entry: &Entry| {
+            let slot = entry.slot.clone().downcast::<Slot<I>>().ok()?;
+            Some(match Handle::new(slot).get() {
+                Ok(pinned) => {
+                    let served = served(entry, pinned.generation(), pinned.package_version());
+                    let built = catch_unwind(AssertUnwindSafe(|| router(&pinned)));
+                    let pin: Arc<dyn Any + Send + Sync> = Arc::new(pinned);
+                    built
+                        .map(|router| (router, served, pin))
+                        .map_err(|payload| format!("building its router panicked: {}", host_panic_text(&*payload)))
+                }
+                Err(error) => Err(error.to_string()),
+            })
+        });
+        self.shared.sources.write().push(source);
+        self.rebuild();
+        self
+    }
+
+    /// What answers requests that no mount matches, inside the pipeline (so
+    /// the extensions' middleware runs for them too). Default: a plain 404.
+    ///
+    /// ```no_run
+    /// # fn demo(verdant: verdant::Verdant) {
+    /// use axum::routing::get;
+    /// let host_routes = axum::Router::new().route("/", get(|| async { "home" }));
+    /// let pipeline = verdant::axum::pipeline(&verdant).fallback(host_routes);
+    /// # let _ = pipeline; }
+    /// ```
+    pub fn fallback(self, router: Router) -> Self {
+        *self.shared.fallback.write() = Some(router);
+        self.rebuild();
+        self
+    }
+
+    fn rebuild(&self) {
+        if let Some(inner) = self.shared.registry.upgrade() {
+            self.shared.rebuild(&inner);
+        }
+    }
+
+    /// The mounts and middlewares serving now, in order: for tests and
+    /// status pages.
+    ///
+    /// ```no_run
+    /// # fn demo(verdant: verdant::Verdant) {
+    /// let pipeline = verdant::axum::pipeline(&verdant);
+    /// println!("middleware: {:?}", pipeline.describe().middleware);
+    /// # }
+    /// ```
+    pub fn describe(&self) -> PipelineLayout {
+        let snapshot = self.shared.current.load();
+        PipelineLayout {
+            middleware: snapshot.stages.iter().map(|stage| stage.name.to_string()).collect(),
+            mounts: snapshot
+                .routes
+                .iter()
+                .map(|route| (route.mount.to_string(), route.name.to_string()))
+                .chain(snapshot.unavailable.iter().map(|down| (down.mount.to_string(), down.name.to_string())))
+                .collect(),
+        }
+    }
+}
+
+/// What a [`Pipeline`] runs now ([`Pipeline::describe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PipelineLayout {
+    /// The loadables whose middleware runs, in order.
+    pub middleware: Vec<String>,
+    /// `(mount, loadable)` for every mount.
+    pub mounts: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("layout", &self.describe()).finish()
+    }
+}
+
+/// How the routes of a typed loadable are made: `None` when the entry is
+/// not of the source's interface.
+type RouteSource = Arc<dyn Fn(&Entry) -> Option<Result<Built, String>> + Send + Sync>;
+
+/// A router, what it serves as, and the pin of its version.
+type Built = (Router, Served, Arc<dyn Any + Send + Sync>);
+
+struct Shared {
+    registry: Weak<Inner>,
+    sources: RwLock<Vec<RouteSource>>,
+    fallback: RwLock<Option<Router>>,
+    current: ArcSwap<Snapshot>,
+    /// Serialises rebuilds, so the last one stored is built from the latest
+    /// state.
+    rebuilding: Mutex<()>,
+}
+
+impl ChangeListener for Shared {
+    fn changed(&self, inner: &Inner) {
+        self.rebuild(inner);
+    }
+}
+
+impl Shared {
+    fn rebuild(&self, inner: &Inner) {
+        let _rebuilding = self.rebuilding.lock();
+        let sources = self.sources.read().clone();
+        let mut snapshot = Snapshot { fallback: self.fallback.read().clone(), ..Snapshot::default() };
+        for entry in inner.entries() {
+            if let Ok(slot) = entry.slot.clone().downcast::<Slot<dyn HttpExtension>>() {
+                add_extension(&mut snapshot, &entry, Handle::new(slot));
+            } else if let Some(mount) = &entry.mount {
+                let built = sources.iter().find_map(|source| source(&entry));
+                match built {
+                    Some(Ok((router, served, pin))) => snapshot.routes.push(Route {
+                        mount: mount.clone(),
+                        name: entry.name.clone(),
+                        router,
+                        served,
+                        _pin: pin,
+                    }),
+                    Some(Err(reason)) => snapshot.unavailable.push(Unavailable {
+                        mount: mount.clone(),
+                        name: entry.name.clone(),
+                        reason: reason.into(),
+                    }),
+                    None => {
+                        tracing::warn!(loadable = %entry.name, mount = %mount, interface = entry.interface,
+                            "the loadable has a mount but the pipeline has no routes for its interface \
+                             (call Pipeline::routes::<dyn YourTrait>(..)); nothing is served there");
+                    }
+                }
+            }
+        }
+        let layout: Vec<&str> = snapshot.stages.iter().map(|stage| &*stage.name).collect();
+        tracing::debug!(middleware = ?layout, mounts = snapshot.routes.len(), "HTTP pipeline rebuilt");
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+/// Adds an HTTP extension's middleware and routes to `snapshot`.
+fn add_extension(snapshot: &mut Snapshot, entry: &Entry, handle: Handle<dyn HttpExtension>) {
+    let pinned = match handle.get() {
+        Ok(pinned) => Arc::new(pinned),
+        Err(error) => {
+            if let Some(mount) = &entry.mount {
+                snapshot.unavailable.push(Unavailable {
+                    mount: mount.clone(),
+                    name: entry.name.clone(),
+                    reason: error.to_string().into(),
+                });
+            }
+            return;
+        }
+    };
+    // A library panic in these calls is re-raised by the proxy as a host
+    // panic: caught here, the extension is left out of the pipeline.
+    match catch_unwind(AssertUnwindSafe(|| pinned.middleware())) {
+        Ok(Some(middleware)) => {
+            snapshot.stages.push(Stage { name: entry.name.clone(), middleware, _pin: pinned.clone() });
+        }
+        Ok(None) => {}
+        Err(payload) => {
+            tracing::error!(loadable = %entry.name, panic = %host_panic_text(&*payload),
+                "the extension's middleware() panicked; its middleware is left out of the pipeline");
+        }
+    }
+    let Some(mount) = &entry.mount else { return };
+    match catch_unwind(AssertUnwindSafe(|| pinned.router())) {
+        Ok(router) => snapshot.routes.push(Route {
+            mount: mount.clone(),
+            name: entry.name.clone(),
+            router,
+            served: served(entry, pinned.generation(), pinned.package_version()),
+            _pin: pinned,
+        }),
+        Err(payload) => snapshot.unavailable.push(Unavailable {
+            mount: mount.clone(),
+            name: entry.name.clone(),
+            reason: format!("building its router panicked: {}", host_panic_text(&*payload)).into(),
+        }),
+    }
+}
+
+fn served(entry: &Entry, generation: u64, package_version: &str) -> Served {
+    Served { loadable: entry.name.clone(), generation, package_version: Arc::from(package_version) }
+}
+
+/// What serves, as of one change. Field order matters in every part: the
+/// library's objects (middleware, router) are dropped before their pins.
+#[derive(Default)]
+struct Snapshot {
+    stages: Vec<Stage>,
+    routes: Vec<Route>,
+    unavailable: Vec<Unavailable>,
+    fallback: Option<Router>,
+}
+
+struct Stage {
+    name: Arc<str>,
+    middleware: Middleware,
+    _pin: Arc<Pinned<dyn HttpExtension>>,
+}
+
+struct Route {
+    mount: Arc<str>,
+    name: Arc<str>,
+    router: Router,
+    served: Served,
+    _pin: Arc<dyn Any + Send + Sync>,
+}
+
+/// A mount whose loadable does not serve: 503 with the reason.
+struct Unavailable {
+    mount: Arc<str>,
+    name: Arc<str>,
+    reason: Arc<str>,
+}
+
+impl tower::Service<Request<Body>> for Pipeline {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let snapshot = self.shared.current.load_full();
+        Box::pin(async move {
+            let response = run(snapshot.clone(), 0, request).await;
+            Ok(response.map(|body| Body::new(SnapshotBody { body, snapshot: Some(snapshot) })))
+        })
+    }
+}
+
+type Running = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// Runs the pipeline from stage `index` on.
+fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running {
+    let Some(stage) = snapshot.stages.get(index) else {
+        return route(&snapshot, request);
+    };
+    // The host's extensions stay on this side: the library gets a request
+    // without them, and `next` puts them back before the rest runs. Those
+    // of the response the rest makes are kept aside the same way.
+    let (mut parts, body) = request.into_parts();
+    let host_extensions = std::mem::take(&mut parts.extensions);
+    let request = Request::from_parts(parts, body);
+    let response_extensions: Arc<Mutex<Option<::axum::http::Extensions>>> = Arc::default();
+    let next = {
+        let snapshot = snapshot.clone();
+        let response_extensions = response_extensions.clone();
+        Next::from_host(move |mut request: Request<Body>| {
+            *request.extensions_mut() = host_extensions;
+            async move {
+                let mut response = run(snapshot, index + 1, request).await;
+                *response_extensions.lock() = Some(std::mem::take(response.extensions_mut()));
+                response
+            }
+        })
+    };
+    let future = stage.middleware.serve(request, next);
+    let name = stage.name.clone();
+    Box::pin(async move {
+        match future.await {
+            Ok(mut response) => {
+                if let Some(extensions) = response_extensions.lock().take() {
+                    response.extensions_mut().extend(extensions);
+                }
+                response
+            }
+            Err(panic) => {
+                tracing::error!(loadable = %name, panic = %panic, "a library middleware panicked; answered 500");
+                internal_error(&name)
+            }
+        }
+    })
+}
+
+/// The last stage: the route whose mount matches, else the fallback.
+fn route(snapshot: &Snapshot, request: Request<Body>) -> Running {
+    let path = request.uri().path();
+    if let Some(route) = snapshot.routes.iter().find(|route| under(path, &route.mount)) {
+        let request = strip(request, route.mount.len());
+        let router = route.router.clone();
+        let served = route.served.clone();
+        return Box::pin(async move {
+            let mut response = match tower::ServiceExt::oneshot(router, request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            response.extensions_mut().insert(served);
+            response
+        });
+    }
+    if let Some(down) = snapshot.unavailable.iter().find(|down| under(path, &down.mount)) {
+        let answer = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("loadable `{}` is not serving: {}\n", down.name, down.reason),
+        );
+        return Box::pin(std::future::ready(answer));
+    }
+    match &snapshot.fallback {
+        Some(fallback) => {
+            let fallback = fallback.clone();
+            Box::pin(async move {
+                match tower::ServiceExt::oneshot(fallback, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            })
+        }
+        None => {
+            let answer = text(StatusCode::NOT_FOUND, format!("no route for `{path}`\n"));
+            Box::pin(std::future::ready(answer))
+        }
+    }
+}
+
+/// Whether `path` is `mount` or below it (`/shop`, `/shop/x`; not `/shopping`).
+fn under(path: &str, mount: &str) -> bool {
+    path.strip_prefix(mount).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The request with the first `prefix` bytes of its path removed (`/shop/x`
+/// becomes `/x`, `/shop` becomes `/`), as `nest_service` does.
+fn strip(request: Request<Body>, prefix: usize) -> Request<Body> {
+    let (mut parts, body) = request.into_parts();
+    let rest = &parts.uri.path()[prefix..];
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    let mut uri = parts.uri.clone().into_parts();
+    // A path that was valid stays valid without its prefix.
+    if let Ok(path_and_query) = path_and_query.parse() {
+        uri.path_and_query = Some(path_and_query);
+        if let Ok(stripped) = Uri::from_parts(uri) {
+            parts.uri = stripped;
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+/// A response body holding the snapshot its request ran on until it ends
+/// or is dropped: the versions that made it stay attached.
+struct SnapshotBody {
+    body: Body,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+impl HttpBody for SnapshotBody {
+    type Data = Bytes;
+    type Error = ::axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ::axum::Error>>> {
+        // `Body` is `Unpin`, and so is this type.
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            this.snapshot = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::under;
+
+    #[test]
+    fn a_mount_matches_itself_and_below_only() {
+        assert!(under("/shop", "/shop"));
+        assert!(under("/shop/", "/shop"));
+        assert!(under("/shop/a/b", "/shop"));
+        assert!(!under("/shopping", "/shop"));
+        assert!(!under("/", "/shop"));
+        assert!(under("/a/b/c", "/a/b"));
+    }
+}
