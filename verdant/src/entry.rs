@@ -25,6 +25,11 @@ pub(crate) struct Entry {
     /// `Arc<Slot<I>>` of the interface given to `add`.
     pub slot: Arc<dyn Any + Send + Sync>,
     pub ops: Box<dyn EntryOps>,
+    /// The group it belongs to (`Builder::group`), if any. A transaction
+    /// derives its units from this field each time it runs: the members of
+    /// one group among its targets form one all-or-nothing unit, and every
+    /// ungrouped loadable is a unit of its own.
+    pub group: Option<Arc<str>>,
     /// Versions that stopped serving, oldest first (see `record_retired`).
     retired: Mutex<Vec<Retired>>,
 }
@@ -44,6 +49,7 @@ impl Entry {
             interface: std::any::type_name::<I>(),
             slot: slot.clone(),
             ops: Box::new(TypedOps { slot }),
+            group: None,
             retired: Mutex::new(Vec::new()),
         }
     }
