@@ -104,6 +104,7 @@ pub fn attached_with(
     let builder = configure(Verdant::builder(context));
     let verdant = builder.add::<dyn Probe>("probe", artifact.path()).build().expect("build");
     let report = verdant.attach().expect("initial attach");
+    assert!(report.is_success(), "{report}");
     assert_eq!(report.generation, 1, "{report}");
     let probe = verdant.handle::<dyn Probe>("probe").expect("handle");
     assert_eq!(probe.get().expect("get").version(), 1);

@@ -9,7 +9,9 @@ use fixture_api::{FixtureContext, Probe, Shared};
 use verdant::{Builder, DetachState, Error, Handle, LoadError, Outcome, Step, StepError, Verdant};
 use verdant_tests::{eventually, fixture, mismatch_fixture, system_library, Artifact};
 
-/// A registry serving good-v1 from an artifact the test then spoils.
+/// A registry serving good-v1 from an artifact the test then spoils, in
+/// strict mode, so that a refused build comes back as `Error::Reload` (what
+/// non-strict mode returns instead is tested in `independent.rs`).
 struct Serving {
     artifact: Artifact,
     verdant: Verdant,
@@ -21,7 +23,7 @@ fn serving_v1(configure: impl FnOnce(Builder) -> Builder) -> Serving {
     let artifact = Artifact::new("good-v1");
     let context = FixtureContext::new();
     let shared = context.shared.clone();
-    let verdant = configure(Verdant::builder(context).add::<dyn Probe>("probe", artifact.path()))
+    let verdant = configure(Verdant::builder(context).strict(true).add::<dyn Probe>("probe", artifact.path()))
         .build()
         .expect("build registry");
     let report = verdant.attach().expect("good-v1 attaches");
@@ -52,6 +54,7 @@ impl Serving {
         assert!(message.contains("`probe`"), "the message names the loadable: {message}");
         assert!(message.contains(&self.artifact.path().display().to_string()), "the message names the path: {message}");
         assert!(message.contains(&format!("step `{step}`")), "the message names the step: {message}");
+        assert!(message.contains("`probe` keeps its previous version"), "the message says what serves: {message}");
 
         // The report: one loadable, failed at this step, which is the last
         // step that ran.

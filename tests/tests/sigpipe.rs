@@ -190,6 +190,34 @@ fn kill_pipe_from_another_process_reloads_once() {
     assert_eq!(shared.attach_count(), 2);
 }
 
+/// A signal-triggered reload is a transaction per loadable too: one that
+/// fails keeps its version, and the healthy one is swapped.
+#[test]
+fn kill_pipe_swaps_the_healthy_loadable_when_another_fails() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (healthy, broken) = (Artifact::new("good-v1"), Artifact::new("good-v1"));
+    let verdant = Verdant::builder(fixture_api::FixtureContext::new())
+        .add::<dyn fixture_api::Probe>("healthy", healthy.path())
+        .add::<dyn fixture_api::Probe>("broken", broken.path())
+        .build()
+        .expect("build");
+    assert!(verdant.attach().expect("attach").is_success());
+    let probe = |name: &str| verdant.handle::<dyn fixture_api::Probe>(name).expect("handle");
+    listen(&verdant);
+    healthy.install("good-v2");
+    broken.install("attach-error");
+
+    kill_from_another_process();
+    poll_until(&verdant, "kill -PIPE swaps the healthy loadable", || probe("healthy").get().unwrap().version() == 2);
+    let status = verdant.status();
+    assert_eq!(status.sigpipe.reloads_triggered, 1, "{status}");
+    assert_eq!(status.generation, 2, "{status}");
+    let broken_status = status.loadables.iter().find(|l| l.name == "broken").expect("broken");
+    assert_eq!(broken_status.current.as_ref().map(|c| c.generation), Some(1), "{status}");
+    assert!(broken_status.retired.is_empty(), "{status}");
+    assert_eq!(probe("broken").get().unwrap().version(), 1);
+}
+
 #[test]
 fn sigpipe_without_the_listener_does_not_kill_the_process() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

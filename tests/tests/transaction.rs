@@ -1,5 +1,7 @@
-//! Reloads are transactions: make-before-break, all-or-nothing, numbered,
-//! reported step by step, and they clean up after themselves.
+//! Reloads are transactions: make-before-break, all-or-nothing per unit (a
+//! loadable, or a group), numbered, reported step by step, and they clean up
+//! after themselves. That ungrouped loadables are independent units is
+//! tested in `independent.rs`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -8,7 +10,9 @@ use fixture_api::{FixtureContext, Probe, Shared};
 use verdant::{DetachState, Error, LoadError, Outcome, Step, Trigger, Verdant, VersionInfo};
 use verdant_tests::{attached, eventually, Artifact};
 
-/// Two loadables, `a` and `b`, both attached on good-v1.
+/// Two loadables, `a` and `b`, both attached on good-v1, in one group (so
+/// that they are one all-or-nothing unit), in strict mode (so that a failure
+/// comes back as `Error::Reload`).
 struct Pair {
     a: Artifact,
     b: Artifact,
@@ -21,9 +25,15 @@ fn pair() -> Pair {
     let b = Artifact::new("good-v1");
     let context = FixtureContext::new();
     let shared = context.shared.clone();
-    let verdant =
-        Verdant::builder(context).add::<dyn Probe>("a", a.path()).add::<dyn Probe>("b", b.path()).build().unwrap();
-    verdant.attach().unwrap();
+    let verdant = Verdant::builder(context)
+        .strict(true)
+        .add::<dyn Probe>("a", a.path())
+        .add::<dyn Probe>("b", b.path())
+        .group("pair", ["a", "b"])
+        .build()
+        .unwrap();
+    let report = verdant.attach().unwrap();
+    assert!(report.is_success(), "{report}");
     Pair { a, b, verdant, shared }
 }
 
@@ -37,7 +47,7 @@ impl Pair {
 }
 
 #[test]
-fn a_failure_of_one_loadable_rolls_back_the_other() {
+fn a_failure_of_one_group_member_rolls_back_the_other() {
     let p = pair();
     let (a1, b1) = (p.instance("a"), p.instance("b"));
     assert_eq!(p.shared.attach_count(), 2);
@@ -54,6 +64,12 @@ fn a_failure_of_one_loadable_rolls_back_the_other() {
     assert_eq!(failure.error.step, Step::Attach);
     assert!(matches!(failure.error.kind, LoadError::AttachFailed { .. }), "{:?}", failure.error.kind);
     assert!(message.contains("`b`"), "{message}");
+    assert!(message.contains("`a`, `b` keep their previous versions"), "{message}");
+    for loadable in &failure.report.loadables {
+        assert_eq!(loadable.group.as_deref(), Some("pair"), "{}", failure.report);
+        assert_eq!(loadable.serving.as_ref().map(|v| v.generation), Some(1), "{}", failure.report);
+    }
+    assert_eq!(failure.report.failures().map(|(name, _)| name).collect::<Vec<_>>(), ["b"]);
 
     // a was loaded and attached as good-v2 (instance 3), then discarded.
     match failure.report.outcome("a") {
@@ -89,7 +105,7 @@ fn a_failure_of_one_loadable_rolls_back_the_other() {
 }
 
 #[test]
-fn loadables_after_the_failing_one_are_not_reached() {
+fn group_members_after_the_failing_one_are_not_reached() {
     let p = pair();
     p.a.install("attach-error");
     p.b.install("good-v2");
@@ -183,12 +199,13 @@ fn generations_increase_by_one_per_transaction() {
     assert_eq!(verdant.reload_blocking(None).unwrap().generation, 3);
     assert_eq!(probe.get().unwrap().generation(), 2);
 
-    // Failed: numbered too.
+    // Failed: numbered too (reported, not returned as an error outside
+    // strict mode).
     artifact.install("attach-error");
-    match verdant.reload_blocking(None) {
-        Err(Error::Reload(failure)) => assert_eq!(failure.report.generation, 4),
-        other => panic!("expected a failure, got {other:?}"),
-    }
+    let failed = verdant.reload_blocking(None).unwrap();
+    assert!(matches!(failed.outcome("probe"), Some(Outcome::Failed(_))), "{failed}");
+    assert_eq!(failed.generation, 4);
+    assert_eq!(probe.get().unwrap().generation(), 2);
 
     artifact.install("good-v3");
     assert_eq!(verdant.reload_blocking(None).unwrap().generation, 5);

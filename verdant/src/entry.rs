@@ -32,6 +32,11 @@ pub(crate) struct Entry {
     /// The context its attach hook gets instead of the registry's: an
     /// [`ExtensionContext`] for every `dyn HttpExtension`.
     pub context: Option<EntryContext>,
+    /// The group it belongs to (`Builder::group`), if any. A transaction
+    /// derives its units from this field each time it runs: the members of
+    /// one group among its targets form one all-or-nothing unit, and every
+    /// ungrouped loadable is a unit of its own.
+    pub group: Option<Arc<str>>,
     /// Versions that stopped serving, oldest first (see `record_retired`).
     retired: Mutex<Vec<Retired>>,
 }
@@ -68,6 +73,7 @@ impl Entry {
             ops: Box::new(TypedOps { slot }),
             mount: None,
             context,
+            group: None,
             retired: Mutex::new(Vec::new()),
         }
     }

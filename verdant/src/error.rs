@@ -238,17 +238,35 @@ pub struct StepError {
     pub kind: LoadError,
 }
 
-/// A reload or attach that swapped nothing because one loadable failed.
+/// A reload or attach in which at least one loadable failed, returned as an
+/// error in strict mode ([`Builder::strict`](crate::Builder::strict)).
 ///
-/// Displays as the whole story: which transaction, which loadable, which
-/// step, why, and that the previous versions keep serving.
+/// Every loadable, or [group](crate::Builder::group), is its own unit: a
+/// failed unit keeps the versions it had (or stays unattached), and every
+/// other unit was applied all the same. The report shows which: the
+/// loadables that were swapped in are `Swapped` there and serve now.
+///
+/// Displays as the whole story: which transaction, what now serves, and the
+/// first failure's loadable, step and cause.
+///
+/// ```
+/// # fn show(error: &verdant::Error) {
+/// if let Some(failure) = error.as_reload_failure() {
+///     eprintln!("first failure: {}", failure.error);
+///     for (name, error) in failure.report.failures() {
+///         eprintln!("{name} failed at {}", error.step);
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{} #{} failed, {}: {error}", .report.trigger.verb(), .report.generation, .report.trigger.consequence())]
+#[error("{} #{} failed, {}: {error}", .report.trigger.verb(), .report.generation, .report.consequence())]
 pub struct ReloadFailure {
-    /// The first failure.
+    /// The first failure, in registration order.
     #[source]
     pub error: StepError,
-    /// The full report, with every loadable's outcome and step times.
+    /// The full report, with every loadable's outcome and step times,
+    /// including the units that did commit.
     pub report: ReloadReport,
 }
 
@@ -296,10 +314,39 @@ pub enum Error {
         /// The parser's message.
         reason: String,
     },
-    /// A reload or attach failed; nothing was swapped and every loadable
-    /// keeps its previous version.
+    /// Strict mode: a reload or attach in which at least one loadable
+    /// failed. The failed units keep their previous versions; the others
+    /// were applied, as the failure's report shows.
     #[error(transparent)]
     Reload(Box<ReloadFailure>),
+    /// [`Builder::group`](crate::Builder::group) names a loadable that was
+    /// not added to the builder.
+    #[error("group `{group}` names `{name}`, which is not a loadable of this builder (registered: {}); add it with Builder::add, or fix the name", list(.registered))]
+    UnknownGroupMember {
+        /// The group.
+        group: String,
+        /// The name that matches no loadable.
+        name: String,
+        /// The names that exist.
+        registered: Vec<String>,
+    },
+    /// A loadable named by two [groups](crate::Builder::group).
+    #[error("loadable `{name}` is in two groups, `{first}` and `{second}`; a loadable can be in one group only: merge the groups or take it out of one")]
+    GroupConflict {
+        /// The loadable.
+        name: String,
+        /// The group that named it first.
+        first: String,
+        /// The other group.
+        second: String,
+    },
+    /// Two [`Builder::group`](crate::Builder::group) calls with the same
+    /// group name.
+    #[error("group `{group}` is defined twice; list all of its members in one Builder::group call")]
+    DuplicateGroup {
+        /// The group.
+        group: String,
+    },
     /// The registry was revoked.
     #[error("this Verdant registry was revoked; create a new one")]
     Revoked,

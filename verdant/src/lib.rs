@@ -41,7 +41,7 @@
 //!    then [`Verdant::attach`], then [`Verdant::handle`]. Each
 //!    [`Handle::get`] pins the serving version for one call or request.
 //!
-//! # A reload is a transaction
+//! # A reload is a transaction per loadable
 //!
 //! For every selected loadable: **read** the artifact (unchanged content is
 //! reported `Unchanged` and skipped), **validate** it as an ELF shared object
@@ -49,12 +49,21 @@
 //! Verdant descriptor, **copy** it to a private 0700 directory under a
 //! unique name, **open** the copy (`dlopen`) and check the descriptor's
 //! compiler and verdant versions, **check** the `TypeId` of every type that
-//! crosses, **attach** it on its own thread under a time limit. Only when all
-//! of them got that far are they **swap**ped in. Any failure leaves every
-//! serving version untouched and returns an [`Error::Reload`] that names the
-//! loadable, the [`Step`] and the cause; the new instances already attached
-//! are detached. Reloads are serialised, and triggers that arrive during a
-//! reload coalesce into one follow-up, so the newest build is never missed.
+//! crosses, **attach** it on its own thread under a time limit, and only
+//! then **swap** it in.
+//!
+//! Each loadable is its own unit: one that fails at any step keeps serving
+//! its previous version (or stays unattached, to be tried again by the next
+//! attach or reload), its new instance, if it got one, is detached, and
+//! every other loadable is applied all the same: one bad build never takes
+//! the others down. Loadables that must change together form a
+//! [group](Builder::group), which is applied all-or-nothing. Every failure
+//! is logged at ERROR and reported per loadable ([`ReloadReport`]) with
+//! the loadable, the [`Step`] and the cause; in [strict
+//! mode](Builder::strict) it also makes the call return an
+//! [`Error::Reload`]. Reloads are serialised, and triggers that arrive
+//! during a reload coalesce into one follow-up, so the newest build is
+//! never missed.
 //!
 //! # The boundary, host side
 //!
@@ -65,7 +74,7 @@
 //!
 //! | Entry point | Host side (this crate) | A panic becomes |
 //! |---|---|---|
-//! | attach hook | runs it on its own thread under [`Builder::attach_timeout`], with the runtime handed over (`attach.rs`) | [`LoadError::AttachPanicked`]; the reload fails, the old version serves |
+//! | attach hook | runs it on its own thread under [`Builder::attach_timeout`], with the runtime handed over (`attach.rs`) | [`LoadError::AttachPanicked`]; that loadable (or its group) fails and keeps its old version |
 //! | detach hook, drop of the instance | runs them on the retirement thread after the last pin is gone (`version.rs`) | [`DetachState::Panicked`] in [`Verdant::status`] |
 //! | interface methods, sync and `async` | [`Handle::get`] pins the version; the generated proxy calls the library's guarded boundary | `Err(`[`Panicked`]`)` or a host panic carrying [`boundary::LibraryPanic`] |
 //! | a library's router | [`axum::mount`] looks the version up per request and keeps it pinned until the body ends | HTTP 500; mid-body, an aborted response |

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::loader::{MockStages, Stages, System};
-use crate::{Error, HandleError, LoadError, Step, Verdant};
+use crate::{Error, HandleError, LoadError, Outcome, Step, Verdant};
 
 #[verdant_loadable::interface]
 #[allow(dead_code)] // only its type matters: nothing is ever attached
@@ -44,8 +44,10 @@ fn some_library() -> PathBuf {
     path
 }
 
+/// A strict registry, so that the failure comes back as `Error::Reload`.
 fn registry(stages: MockStages) -> Verdant {
     Verdant::builder(())
+        .strict(true)
         .stages(Arc::new(stages))
         .add::<dyn Nothing>("nothing", some_library())
         .build()
@@ -112,4 +114,25 @@ fn the_real_pipeline_refuses_a_library_built_for_another_host_crate() {
     let failure = failure(verdant.attach());
     assert_eq!(failure.error.step, Step::Check, "{}", failure.error);
     assert!(matches!(failure.error.kind, LoadError::TypeMismatch { .. }));
+}
+
+#[test]
+fn outside_strict_mode_a_failure_is_reported_not_returned() {
+    let denied = LoadError::Read { source: Arc::new(io::Error::from(io::ErrorKind::PermissionDenied)) };
+    let verdant = Verdant::builder(())
+        .strict(false)
+        .stages(Arc::new(stages_failing_at(Step::Read, denied)))
+        .add::<dyn Nothing>("nothing", some_library())
+        .build()
+        .expect("registry");
+    let report = verdant.attach().expect("not strict: the report, not an error");
+    assert!(!report.is_success(), "{report}");
+    let failures: Vec<(&str, Step)> = report.failures().map(|(name, error)| (name, error.step)).collect();
+    assert_eq!(failures, [("nothing", Step::Read)]);
+    assert!(matches!(report.outcome("nothing"), Some(Outcome::Failed(_))));
+    assert!(report.loadables[0].serving.is_none());
+    assert!(report.to_string().contains("nothing: FAILED at read, not serving: "), "{report}");
+    assert!(files_in(verdant.private_dir()).is_empty());
+    let handle = verdant.handle::<dyn Nothing>("nothing").expect("handle");
+    assert!(matches!(handle.get(), Err(HandleError::NotAttached { .. })));
 }

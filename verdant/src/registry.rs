@@ -50,16 +50,46 @@ pub struct Builder {
     attach_timeout: Duration,
     runtime: Option<tokio::runtime::Handle>,
     entries: Vec<Entry>,
+    /// `group` calls: group name and member names, in call order.
+    groups: Vec<(Arc<str>, Vec<String>)>,
     stages: Arc<dyn Stages>,
 }
 
 impl Builder {
-    /// Strict mode: a reload filter that matches nothing is an error
-    /// instead of a warning. Default: on in release builds, off in debug
-    /// builds (greenium's production default).
+    /// Strict mode decides what the caller of [`Verdant::attach`],
+    /// [`Verdant::reload`] and [`Verdant::reload_blocking`] sees when a
+    /// loadable fails. Default: on in release builds, off in debug builds
+    /// (greenium's production default).
     ///
-    /// ```
-    /// let builder = verdant::Verdant::builder(()).strict(true);
+    /// What is *applied* is the same in both modes: every loadable (or
+    /// [group](Self::group)) is loaded, attached and swapped in on its own,
+    /// a failing one keeps its previous version (or stays unattached), and
+    /// the others are applied regardless. Every failure is logged once at
+    /// ERROR with the loadable, the step and the cause.
+    ///
+    /// - Off: those calls return `Ok(report)` even when some loadables
+    ///   failed; [`ReloadReport::failures`] and
+    ///   [`ReloadReport::is_success`] tell.
+    /// - On: any failure makes them return [`Error::Reload`]; its
+    ///   [`ReloadFailure`](crate::ReloadFailure) carries the first error and
+    ///   the full report, which shows the loadables that did commit. A
+    ///   reload filter that matches nothing is an error too
+    ///   ([`Error::NoMatch`]) instead of a warning.
+    ///
+    /// ```no_run
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn hello(&self, who: &str) -> String; }
+    /// let verdant = verdant::Verdant::builder(())
+    ///     .strict(true)
+    ///     .add::<dyn Shop>("shop", "target/debug/libshop_lib.so")
+    ///     .build()?;
+    /// match verdant.attach() {
+    ///     Ok(report) => assert!(report.is_success()),
+    ///     Err(verdant::Error::Reload(failure)) => {
+    ///         eprintln!("{failure}\n{}", failure.report);
+    ///     }
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok::<(), verdant::Error>(())
     /// ```
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
@@ -124,6 +154,40 @@ impl Builder {
         self
     }
 
+    /// Makes the loadables `members` one all-or-nothing unit named `name`.
+    ///
+    /// Without groups every loadable is loaded, attached and swapped in on
+    /// its own, so one bad build blocks nobody else. The members of a group
+    /// are loaded together, in registration order, and swapped in together
+    /// only if every one of them got as far as attaching: when one fails,
+    /// the members already attached are detached again
+    /// ([`Outcome::RolledBack`](crate::Outcome::RolledBack)), those after it
+    /// are not tried ([`Outcome::NotReached`](crate::Outcome::NotReached)),
+    /// and the whole group keeps its previous versions. Loadables outside
+    /// the group are unaffected. A reload that selects any member reloads
+    /// the whole group.
+    ///
+    /// Use it for loadables that must change together (one calls the
+    /// other's new interface, say). `build()` fails for a member that was
+    /// not [added](Self::add) ([`Error::UnknownGroupMember`]), a loadable
+    /// in two groups ([`Error::GroupConflict`]), or a group name given
+    /// twice ([`Error::DuplicateGroup`]).
+    ///
+    /// ```no_run
+    /// # #[verdant_loadable::interface] pub trait Cart: Send + Sync { fn size(&self) -> usize; }
+    /// # #[verdant_loadable::interface] pub trait Pay: Send + Sync { fn pay(&self) -> bool; }
+    /// let verdant = verdant::Verdant::builder(())
+    ///     .add::<dyn Cart>("cart", "target/debug/libcart.so")
+    ///     .add::<dyn Pay>("payment", "target/debug/libpayment.so")
+    ///     .group("checkout", ["cart", "payment"])
+    ///     .build()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn group(mut self, name: &str, members: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        self.groups.push((Arc::from(name), members.into_iter().map(|m| m.as_ref().to_owned()).collect()));
+        self
+    }
+
     #[cfg(test)]
     pub(crate) fn stages(mut self, stages: Arc<dyn Stages>) -> Self {
         self.stages = stages;
@@ -139,13 +203,14 @@ impl Builder {
     /// let verdant = verdant::Verdant::builder(()).build()?;
     /// # Ok::<(), verdant::Error>(())
     /// ```
-    pub fn build(self) -> Result<Verdant, Error> {
+    pub fn build(mut self) -> Result<Verdant, Error> {
         let mut names = BTreeSet::new();
         for entry in &self.entries {
             if !names.insert(entry.name.clone()) {
                 return Err(Error::DuplicateName { name: entry.name.to_string() });
             }
         }
+        assign_groups(&mut self.entries, &self.groups)?;
         crate::loader::raise_open_file_limit();
         let private_dir = PrivateDir::create(self.private_dir.as_deref()).map_err(|e| Error::PrivateDir {
             path: self.private_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -181,6 +246,37 @@ impl Builder {
     }
 }
 
+/// Sets `Entry::group` from the builder's `group` calls, refusing unknown
+/// members, a loadable in two groups, and a group name given twice.
+fn assign_groups(entries: &mut [Entry], groups: &[(Arc<str>, Vec<String>)]) -> Result<(), Error> {
+    for (at, (group, members)) in groups.iter().enumerate() {
+        if groups[..at].iter().any(|(earlier, _)| earlier == group) {
+            return Err(Error::DuplicateGroup { group: group.to_string() });
+        }
+        for member in members {
+            let Some(entry) = entries.iter().position(|e| &*e.name == member.as_str()) else {
+                return Err(Error::UnknownGroupMember {
+                    group: group.to_string(),
+                    name: member.clone(),
+                    registered: entries.iter().map(|e| e.name.to_string()).collect(),
+                });
+            };
+            let entry = &mut entries[entry];
+            match &entry.group {
+                Some(first) if first != group => {
+                    return Err(Error::GroupConflict {
+                        name: member.clone(),
+                        first: first.to_string(),
+                        second: group.to_string(),
+                    })
+                }
+                _ => entry.group = Some(group.clone()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The reload supervisor: a registry of loadables sharing one context.
 ///
 /// Cheap to clone (all clones are the same registry). See the crate docs for
@@ -212,7 +308,8 @@ pub struct Verdant {
 pub(crate) struct Inner {
     pub(crate) context: Arc<dyn Any + Send + Sync>,
     pub(crate) context_fingerprint: Fingerprint,
-    strict: bool,
+    /// `Builder::strict`: failures are returned as errors.
+    pub(crate) strict: bool,
     attach_timeout: Duration,
     /// `Builder::runtime`: always wins.
     explicit_runtime: Option<tokio::runtime::Handle>,
@@ -258,6 +355,7 @@ impl Verdant {
             attach_timeout: DEFAULT_ATTACH_TIMEOUT,
             runtime: None,
             entries: Vec::new(),
+            groups: Vec::new(),
             stages: Arc::new(System),
         }
     }
@@ -303,9 +401,18 @@ impl Verdant {
         }
     }
 
-    /// Loads and attaches every loadable that is not attached yet, as one
-    /// all-or-nothing transaction. Repeated calls with nothing new added do
-    /// nothing and return an empty report.
+    /// Loads and attaches every loadable that is not attached yet, each on
+    /// its own (the members of a [group](Builder::group) together): every
+    /// loadable that can attach serves, whatever the others do. A loadable
+    /// that failed stays unattached (its handle's `get()` answers
+    /// `NotAttached`), and the next `attach` or reload tries it again.
+    /// Repeated calls with nothing new to attach do nothing and return an
+    /// empty report.
+    ///
+    /// The result depends on [strict mode](Builder::strict): outside it,
+    /// `Ok(report)` even when some loadables failed (each failure is logged
+    /// at ERROR; [`ReloadReport::failures`] lists them); in strict mode any
+    /// failure is an [`Error::Reload`] whose report shows what did attach.
     ///
     /// Blocking: it runs attach hooks (up to the attach time limit). Call it
     /// before serving, or from `tokio::task::spawn_blocking`.
@@ -314,6 +421,9 @@ impl Verdant {
     /// # let verdant = verdant::Verdant::builder(()).build()?;
     /// let report = verdant.attach()?;
     /// println!("{report}");
+    /// for (name, error) in report.failures() {
+    ///     eprintln!("{name} is not serving: {error}");
+    /// }
     /// # Ok::<(), verdant::Error>(())
     /// ```
     pub fn attach(&self) -> Result<ReloadReport, Error> {
@@ -331,14 +441,24 @@ impl Verdant {
     }
 
     /// Reloads the selected loadables: `None` for all, `Some("shop")`, a
-    /// glob like `"shop-*"`, or a [`Filter`](crate::Filter). Make-before-break
-    /// and all-or-nothing; a loadable whose file did not change is reported
-    /// `Unchanged`. Reloads are serialised; calls that arrive while one runs
-    /// are coalesced into one follow-up reload, whose result they all get.
+    /// glob like `"shop-*"`, or a [`Filter`](crate::Filter). Selecting a
+    /// member of a [group](Builder::group) selects the whole group.
     ///
-    /// A filter that matches nothing fails in strict mode and returns an
-    /// empty report (with a warning) otherwise. Dropping the future does not
-    /// cancel the reload: it was queued when first polled.
+    /// Make-before-break, loadable by loadable: each one (each group as a
+    /// whole) is loaded, checked, attached and swapped in on its own; one
+    /// that fails keeps serving its previous version (or stays unattached)
+    /// and blocks no other. A loadable whose file did not change is reported
+    /// `Unchanged`. The whole reload has one generation number. Reloads are
+    /// serialised; calls that arrive while one runs are coalesced into one
+    /// follow-up reload, whose result they all get.
+    ///
+    /// Outside [strict mode](Builder::strict) it returns `Ok(report)` even
+    /// when some loadables failed (each failure is logged at ERROR; see
+    /// [`ReloadReport::failures`]); in strict mode any failure is an
+    /// [`Error::Reload`] whose report shows what was swapped in all the
+    /// same. A filter that matches nothing fails in strict mode and returns
+    /// an empty report (with a warning) otherwise. Dropping the future does
+    /// not cancel the reload: it was queued when first polled.
     ///
     /// ```no_run
     /// # async fn f(verdant: verdant::Verdant) -> Result<(), verdant::Error> {
@@ -407,7 +527,8 @@ impl Verdant {
     /// inactive: `get()` returns `Revoked`, reloads fail. Calls in flight
     /// finish on their pinned versions, whose detach hooks run after them.
     /// A reload waiting on an attach hook finishes first (at most the attach
-    /// time limit) and then swaps nothing.
+    /// time limit), swaps nothing more, and returns [`Error::Revoked`];
+    /// what it swapped in before is revoked with the rest.
     ///
     /// ```no_run
     /// # let verdant = verdant::Verdant::builder(()).build()?;
@@ -597,8 +718,15 @@ impl Inner {
     ) -> Result<ReloadReport, Error> {
         let _transaction = self.transaction.lock();
         self.check_not_revoked()?;
-        let targets: Vec<Arc<Entry>> =
-            self.entries.read().iter().filter(|e| names.contains(&e.name)).cloned().collect();
+        let entries = self.entries.read().clone();
+        // A group is reloaded as a whole: selecting a member selects it.
+        let groups: BTreeSet<&Arc<str>> =
+            entries.iter().filter(|e| names.contains(&e.name)).filter_map(|e| e.group.as_ref()).collect();
+        let targets: Vec<Arc<Entry>> = entries
+            .iter()
+            .filter(|e| names.contains(&e.name) || e.group.as_ref().is_some_and(|g| groups.contains(g)))
+            .cloned()
+            .collect();
         let result = transaction::run(self, &targets, Mode::Reload, trigger, coalesced);
         self.notify_changed();
         result

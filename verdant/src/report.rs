@@ -31,14 +31,6 @@ impl Trigger {
             Trigger::Call | Trigger::Signal { .. } => "reload",
         }
     }
-
-    /// What a failure of this transaction means for what is serving.
-    pub(crate) fn consequence(&self) -> &'static str {
-        match self {
-            Trigger::Attach => "nothing was attached (loadables attached earlier keep serving)",
-            Trigger::Call | Trigger::Signal { .. } => "nothing was swapped and the previous versions keep serving",
-        }
-    }
 }
 
 /// A SHA-256 of a library artifact's content.
@@ -114,6 +106,21 @@ pub struct StepTime {
 }
 
 /// What a transaction did with one loadable.
+///
+/// Each ungrouped loadable is a unit of its own; the members of a
+/// [group](crate::Builder::group) are one unit. `Failed`, `RolledBack` and
+/// `NotReached` mean that the loadable's unit was not applied: the loadable
+/// keeps the version it had ([`LoadableReport::serving`]), while other units
+/// were applied regardless.
+///
+/// ```
+/// # fn f(outcome: &verdant::Outcome) -> &'static str {
+/// match outcome {
+///     verdant::Outcome::Swapped { .. } | verdant::Outcome::Unchanged { .. } => "applied",
+///     _ => "kept what it had",
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -129,16 +136,27 @@ pub enum Outcome {
         /// The version that keeps serving.
         current: VersionInfo,
     },
-    /// This loadable failed; nothing in the transaction was swapped.
+    /// This loadable failed. It keeps the version it had (if it had one),
+    /// and so does the rest of its group; other loadables are unaffected.
     Failed(StepError),
-    /// This loadable was loaded and attached, but another one failed, so the
-    /// new instance was detached again and never served.
+    /// This loadable was loaded and attached, but another member of its
+    /// group failed, so the new instance was detached again and never
+    /// served; the loadable keeps the version it had.
     RolledBack {
         /// The version that was discarded.
         discarded: VersionInfo,
     },
-    /// Not tried, because an earlier loadable of the transaction failed.
+    /// Not tried, because an earlier member of its group failed; the
+    /// loadable keeps the version it had.
     NotReached,
+}
+
+impl Outcome {
+    /// Swapped or unchanged: what the transaction meant for this loadable
+    /// holds now.
+    fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Swapped { .. } | Outcome::Unchanged { .. })
+    }
 }
 
 /// One loadable's part of a [`ReloadReport`].
@@ -148,8 +166,15 @@ pub struct LoadableReport {
     pub name: String,
     /// Its registered artifact path.
     pub path: PathBuf,
+    /// The [group](crate::Builder::group) it belongs to, if any: the
+    /// loadables that were applied or kept together with it.
+    pub group: Option<String>,
     /// What happened.
     pub outcome: Outcome,
+    /// The version serving this loadable when the transaction ended: the new
+    /// one if it was swapped in, otherwise the one it had before. `None`: it
+    /// is not serving (it has never attached).
+    pub serving: Option<VersionInfo>,
     /// The steps that ran, in order, with their durations.
     pub steps: Vec<StepTime>,
 }
@@ -174,7 +199,8 @@ pub struct ReloadReport {
     pub trigger: Trigger,
     /// How many triggers this transaction served (coalesced requests).
     pub coalesced: usize,
-    /// Per loadable, in registration order.
+    /// Per loadable, in registration order. A loadable's outcome depends
+    /// only on its own unit (itself, or its group).
     pub loadables: Vec<LoadableReport>,
     /// Total wall-clock time.
     pub duration: Duration,
@@ -193,20 +219,95 @@ impl ReloadReport {
     pub fn outcome(&self, name: &str) -> Option<&Outcome> {
         self.loadables.iter().find(|l| l.name == name).map(|l| &l.outcome)
     }
+
+    /// The loadables that failed, with their errors, in registration order.
+    /// Their groups' other members are `RolledBack` or `NotReached`; every
+    /// other loadable was applied.
+    ///
+    /// ```
+    /// # fn f(report: &verdant::ReloadReport) {
+    /// for (name, error) in report.failures() {
+    ///     eprintln!("{name} failed at step {}: {}", error.step, error.kind);
+    /// }
+    /// # }
+    /// ```
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &StepError)> {
+        self.loadables.iter().filter_map(|l| match &l.outcome {
+            Outcome::Failed(error) => Some((l.name.as_str(), error)),
+            _ => None,
+        })
+    }
+
+    /// Whether every loadable of the transaction was applied: swapped in or
+    /// unchanged. True for a report with no loadables.
+    ///
+    /// ```
+    /// # fn f(verdant: &verdant::Verdant) -> Result<(), verdant::Error> {
+    /// let report = verdant.attach()?;
+    /// if !report.is_success() {
+    ///     eprintln!("some loadables did not attach:\n{report}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_success(&self) -> bool {
+        self.loadables.iter().all(|l| l.outcome.is_applied())
+    }
+
+    /// What a failed transaction means for what is serving, for
+    /// [`ReloadFailure`](crate::ReloadFailure)'s message: which loadables
+    /// keep their previous version, which are not serving, and that the
+    /// others were applied.
+    pub(crate) fn consequence(&self) -> String {
+        let kept = |serving: bool| -> Vec<String> {
+            self.loadables
+                .iter()
+                .filter(|l| !l.outcome.is_applied() && l.serving.is_some() == serving)
+                .map(|l| format!("`{}`", l.name))
+                .collect()
+        };
+        let (keeping, dark) = (kept(true), kept(false));
+        let mut parts = Vec::new();
+        match keeping.len() {
+            0 => {}
+            1 => parts.push(format!("{} keeps its previous version", keeping[0])),
+            _ => parts.push(format!("{} keep their previous versions", keeping.join(", "))),
+        }
+        match dark.len() {
+            0 => {}
+            1 => parts.push(format!("{} is not serving", dark[0])),
+            _ => parts.push(format!("{} are not serving", dark.join(", "))),
+        }
+        if self.loadables.iter().any(|l| l.outcome.is_applied()) {
+            parts.push(format!(
+                "the others were {}",
+                if self.trigger == Trigger::Attach { "attached" } else { "applied" }
+            ));
+        }
+        parts.join(", ")
+    }
 }
 
 impl fmt::Display for ReloadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} #{} ({:?}, {:.1?}):", self.trigger.verb(), self.generation, self.trigger, self.duration)?;
         for loadable in &self.loadables {
-            write!(f, "  {}: ", loadable.name)?;
+            write!(f, "  {}", loadable.name)?;
+            if let Some(group) = &loadable.group {
+                write!(f, " (group {group})")?;
+            }
+            write!(f, ": ")?;
+            // What serves a loadable whose unit was not applied.
+            let kept = || match &loadable.serving {
+                Some(serving) => format!("still serving {serving}"),
+                None => "not serving".to_owned(),
+            };
             match &loadable.outcome {
                 Outcome::Swapped { old: Some(old), new } => write!(f, "swapped {old} -> {new}")?,
                 Outcome::Swapped { old: None, new } => write!(f, "attached {new}")?,
                 Outcome::Unchanged { current } => write!(f, "unchanged, {current}")?,
-                Outcome::Failed(error) => write!(f, "FAILED at {}: {}", error.step, error.kind)?,
-                Outcome::RolledBack { discarded } => write!(f, "rolled back {discarded}")?,
-                Outcome::NotReached => write!(f, "not reached")?,
+                Outcome::Failed(error) => write!(f, "FAILED at {}, {}: {}", error.step, kept(), error.kind)?,
+                Outcome::RolledBack { discarded } => write!(f, "rolled back {discarded}, {}", kept())?,
+                Outcome::NotReached => write!(f, "not reached, {}", kept())?,
             }
             let steps: Vec<String> = loadable.steps.iter().map(|s| format!("{} {:.1?}", s.step, s.duration)).collect();
             if !steps.is_empty() {

@@ -1,18 +1,31 @@
-//! The reload transaction: make-before-break, all-or-nothing.
+//! The reload transaction: make-before-break, unit by unit.
 //!
-//! For each selected loadable, in registration order: read the artifact,
-//! validate it, copy it, `dlopen` the copy, check its types, attach it. Only
-//! when *every* loadable got that far are the new versions swapped in, one
-//! slot store each; then the old versions are retired (detached once their
-//! last pin is dropped). The first failure stops the transaction: the new
-//! instances already attached are dropped uncommitted, which detaches them,
-//! and every slot still holds the version it held before.
+//! A transaction splits its targets into *units*: every ungrouped loadable
+//! is a unit of its own, and the targets of one group (`Entry::group`) form
+//! one unit, placed where its first member is registered. Units run one
+//! after the other, in that order; each is all-or-nothing and independent
+//! of the others:
+//!
+//! 1. For each member, in registration order: read the artifact, validate
+//!    it, copy it, `dlopen` the copy, check its types, attach it.
+//! 2. If a member fails, the unit stops: the members after it are not
+//!    reached, and the new instances of the members before it are dropped
+//!    uncommitted, which detaches them (rolled back). Every slot of the unit
+//!    still holds the version it held before (or none).
+//! 3. Otherwise the new versions are swapped in, one slot store each; the
+//!    old versions are retired (detached once their last pin is dropped).
+//!
+//! A failed unit is logged once, at ERROR, and reported; the next unit runs
+//! all the same. In strict mode a transaction with any failure returns
+//! `Error::Reload`, whose report shows the units that did commit. The whole
+//! transaction has one generation number.
 //!
 //! The caller holds the registry's transaction lock, so transactions never
 //! overlap. Readers never take that lock.
 
-// `StepError` is large, but it is built at most once per reload, on a path
-// that then does file and dlopen work; boxing it would buy nothing.
+// `StepError` is large, but it is built at most once per loadable and
+// reload, on a path that then does file and dlopen work; boxing it would buy
+// nothing.
 #![allow(clippy::result_large_err)]
 
 use std::sync::atomic::Ordering;
@@ -25,7 +38,7 @@ use crate::entry::{Entry, Prepared};
 use crate::error::{Error, LoadError, ReloadFailure, Step, StepError};
 use crate::loader::copy_name;
 use crate::registry::Inner;
-use crate::report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger};
+use crate::report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 use crate::version::{DetachState, VersionMeta};
 
 /// Whether a transaction (re)loads every target or only attaches those not
@@ -41,7 +54,12 @@ enum Loaded {
     Prepared(Box<dyn Prepared>),
 }
 
-/// Runs one transaction over `targets`. Call with the transaction lock held.
+/// Runs one transaction over `targets` (in registration order). Call with
+/// the transaction lock held.
+///
+/// Returns `Ok` with every unit's outcome, unless the registry was revoked
+/// meanwhile (`Error::Revoked`) or, in strict mode, some loadable failed
+/// (`Error::Reload`, carrying the same report).
 pub(crate) fn run(
     inner: &Inner,
     targets: &[Arc<Entry>],
@@ -54,67 +72,139 @@ pub(crate) fn run(
     let span = tracing::info_span!("transaction", generation, ?trigger, coalesced);
     let _span = span.enter();
 
-    let mut reports: Vec<LoadableReport> = Vec::with_capacity(targets.len());
-    let mut loaded: Vec<Loaded> = Vec::with_capacity(targets.len());
-    let mut failure = None;
-    for entry in targets {
-        let mut steps = Vec::new();
-        let result = load(inner, entry, mode, generation, &mut steps);
-        let outcome = match &result {
-            Ok(Loaded::Unchanged(current)) => Outcome::Unchanged { current: current.info.clone() },
-            // Filled in at commit or rollback.
-            Ok(Loaded::Prepared(_)) => Outcome::NotReached,
-            Err(error) => Outcome::Failed(error.clone()),
-        };
-        reports.push(LoadableReport { name: entry.name.to_string(), path: entry.path.clone(), outcome, steps });
-        match result {
-            Ok(one) => loaded.push(one),
-            Err(error) => {
-                tracing::error!(%error, "load failed; rolling back the transaction");
-                failure = Some(error);
-                break;
-            }
-        }
+    let mut reports: Vec<Option<LoadableReport>> = targets.iter().map(|_| None).collect();
+    for unit in units(targets) {
+        run_unit(inner, targets, &unit, mode, generation, &mut reports)?;
     }
-    if failure.is_none() && inner.revoked.load(Ordering::Acquire) {
-        return Err(Error::Revoked);
-    }
+    let loadables = reports.into_iter().map(|report| report.expect("every target belongs to one unit")).collect();
+    let report = ReloadReport { generation, trigger, coalesced, loadables, duration: started.elapsed() };
 
-    if let Some(error) = failure {
-        // Uncommitted versions are dropped here: their instances detach.
-        for (report, one) in reports.iter_mut().zip(loaded) {
-            if let Loaded::Prepared(prepared) = one {
-                report.outcome = Outcome::RolledBack { discarded: prepared.meta().info.clone() };
-            }
-        }
-        for entry in &targets[reports.len()..] {
-            reports.push(LoadableReport {
-                name: entry.name.to_string(),
-                path: entry.path.clone(),
-                outcome: Outcome::NotReached,
-                steps: Vec::new(),
-            });
-        }
-        let report = ReloadReport { generation, trigger, coalesced, loadables: reports, duration: started.elapsed() };
+    let failed = report.failures().count();
+    if failed == 0 {
+        tracing::info!(duration = ?report.duration, "transaction committed");
+        return Ok(report);
+    }
+    // Each failure was logged at ERROR where it happened; this only sums up.
+    tracing::warn!(
+        duration = ?report.duration,
+        failed,
+        "transaction finished: {}",
+        report.consequence()
+    );
+    if inner.strict {
+        let (_, error) = report.failures().next().expect("failed > 0");
+        let error = error.clone();
         return Err(Error::Reload(Box::new(ReloadFailure { error, report })));
     }
+    Ok(report)
+}
 
-    for ((entry, report), one) in targets.iter().zip(reports.iter_mut()).zip(loaded) {
-        let Loaded::Prepared(prepared) = one else { continue };
-        let new = prepared.meta().info.clone();
+/// The units of a transaction over `targets`: indices into `targets`, one
+/// list per ungrouped loadable and one per group (its members in
+/// registration order), ordered by their first member.
+fn units(targets: &[Arc<Entry>]) -> Vec<Vec<usize>> {
+    let mut units: Vec<(Option<&Arc<str>>, Vec<usize>)> = Vec::new();
+    for (index, entry) in targets.iter().enumerate() {
+        let grouped = entry.group.as_ref();
+        match grouped.and_then(|group| units.iter_mut().find(|(g, _)| *g == Some(group))) {
+            Some((_, members)) => members.push(index),
+            None => units.push((grouped, vec![index])),
+        }
+    }
+    units.into_iter().map(|(_, members)| members).collect()
+}
+
+/// Runs one unit: loads its members up to the swap, then commits all of them
+/// or none. Fills in `reports` for every member. Fails only when the
+/// registry was revoked (then nothing of this unit is committed).
+fn run_unit(
+    inner: &Inner,
+    targets: &[Arc<Entry>],
+    unit: &[usize],
+    mode: Mode,
+    generation: u64,
+    reports: &mut [Option<LoadableReport>],
+) -> Result<(), Error> {
+    if inner.revoked.load(Ordering::Acquire) {
+        return Err(Error::Revoked);
+    }
+    let mut prepared: Vec<(usize, Box<dyn Prepared>)> = Vec::new();
+    let mut failed = false;
+    for &index in unit {
+        let entry = &targets[index];
+        let current = entry.ops.current();
+        let mut report = LoadableReport {
+            name: entry.name.to_string(),
+            path: entry.path.clone(),
+            group: entry.group.as_deref().map(str::to_owned),
+            // Filled in below, or at commit or rollback.
+            outcome: Outcome::NotReached,
+            serving: current.as_ref().map(|meta| meta.info.clone()),
+            steps: Vec::new(),
+        };
+        if !failed {
+            match load(inner, entry, current, mode, generation, &mut report.steps) {
+                Ok(Loaded::Unchanged(current)) => report.outcome = Outcome::Unchanged { current: current.info.clone() },
+                Ok(Loaded::Prepared(version)) => prepared.push((index, version)),
+                Err(error) => {
+                    log_failure(entry, &error, report.serving.as_ref());
+                    report.outcome = Outcome::Failed(error);
+                    failed = true;
+                }
+            }
+        }
+        reports[index] = Some(report);
+    }
+
+    if failed {
+        // Uncommitted versions are dropped here: their instances detach.
+        for (index, version) in prepared {
+            let discarded = version.meta().info.clone();
+            tracing::info!(loadable = %targets[index].name, version = %discarded, "rolled back: another member of its group failed");
+            report_of(reports, index).outcome = Outcome::RolledBack { discarded };
+        }
+        return Ok(());
+    }
+    if inner.revoked.load(Ordering::Acquire) {
+        return Err(Error::Revoked);
+    }
+    for (index, version) in prepared {
+        let entry = &targets[index];
+        let report = report_of(reports, index);
+        let new = version.meta().info.clone();
         let swap_started = Instant::now();
-        let old = prepared.commit();
+        let old = version.commit();
         report.steps.push(StepTime { step: Step::Swap, duration: swap_started.elapsed() });
         let old_info = old.as_ref().map(|retired| retired.meta.info.clone());
         if let Some(retired) = old {
             entry.record_retired(retired);
         }
         tracing::info!(loadable = %entry.name, version = %new, "swapped in");
+        report.serving = Some(new.clone());
         report.outcome = Outcome::Swapped { old: old_info, new };
     }
-    let report = ReloadReport { generation, trigger, coalesced, loadables: reports, duration: started.elapsed() };
-    tracing::info!(duration = ?report.duration, "transaction committed");
-    Ok(report)
+    Ok(())
+}
+
+fn report_of(reports: &mut [Option<LoadableReport>], index: usize) -> &mut LoadableReport {
+    reports[index].as_mut().expect("reported when loaded")
+}
+
+/// Logs a failed load once, at ERROR, with the loadable, step and cause, and
+/// what keeps serving.
+fn log_failure(entry: &Entry, error: &StepError, serving: Option<&VersionInfo>) {
+    let consequence = match (&entry.group, serving) {
+        (Some(group), _) => format!("no member of group `{group}` is swapped in; they keep what they had"),
+        (None, Some(serving)) => format!("{serving} keeps serving"),
+        (None, None) => "this loadable is not serving".to_owned(),
+    };
+    tracing::error!(
+        loadable = %error.loadable,
+        step = %error.step,
+        path = %error.path.display(),
+        cause = %error.kind,
+        "load failed; {consequence}"
+    );
 }
 
 /// Runs one step, records its time, and names the loadable, step and file in
@@ -135,12 +225,12 @@ fn timed<T>(
 fn load(
     inner: &Inner,
     entry: &Entry,
+    current: Option<Arc<VersionMeta>>,
     mode: Mode,
     generation: u64,
     steps: &mut Vec<StepTime>,
 ) -> Result<Loaded, StepError> {
     let _span = tracing::info_span!("load", loadable = %entry.name, path = %entry.path.display()).entered();
-    let current = entry.ops.current();
     let (bytes, hash) = timed(entry, steps, Step::Read, || {
         let bytes = inner.stages.read(&entry.path)?;
         let hash = ContentHash::of(&bytes);
@@ -172,7 +262,7 @@ fn load(
 
     let identity = library.identity().clone();
     let meta = Arc::new(VersionMeta {
-        info: crate::report::VersionInfo {
+        info: VersionInfo {
             generation,
             package: identity.package,
             package_version: identity.package_version,
