@@ -4,23 +4,28 @@ use std::path::{Path, PathBuf};
 
 /// The usage text printed by `--help` and after an argument error.
 pub const USAGE: &str = "\
-usage: demo-app [--addr HOST:PORT] [--library PATH] [--pid-file PATH]
+usage: demo-app [--addr HOST:PORT] [--manifest PATH] [--pid-file PATH]
 
   --addr HOST:PORT   where to listen (default 127.0.0.1:3000; port 0 picks a free port)
-  --library PATH     the shop library to load (default: libshop_lib.so next to this executable)
+  --manifest PATH    the manifest listing the libraries to run (default: verdant.toml
+                     next to this executable, written with the shop alone if missing)
   --pid-file PATH    where to write this process's pid for scripts/reload
                      (default: demo-app.pid next to this executable)
   -h, --help         print this text
 
-Reload the shop library after a rebuild with `kill -PIPE <pid>` (scripts/reload does both).";
+After a rebuild or an edit of the manifest, `kill -PIPE <pid>` re-reads the
+manifest and reloads what changed (scripts/reload rebuilds the shop first).";
 
 /// The demo's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     /// The address to bind.
     pub addr: String,
-    /// The `cdylib` to load as the `shop` loadable.
-    pub library: PathBuf,
+    /// The manifest listing the loadables.
+    pub manifest: PathBuf,
+    /// Whether `manifest` is the default (written if missing) rather than
+    /// one the user named (which must exist).
+    pub default_manifest: bool,
     /// Where to write the pid.
     pub pid_file: PathBuf,
 }
@@ -35,12 +40,12 @@ pub enum Command {
 }
 
 /// Parses the arguments after the program name. `exe_dir` is the directory
-/// the defaults for `--library` and `--pid-file` are relative to.
+/// the defaults for `--manifest` and `--pid-file` are relative to.
 ///
 /// Both `--flag value` and `--flag=value` are accepted.
 pub fn parse(args: impl IntoIterator<Item = String>, exe_dir: &Path) -> Result<Command, String> {
     let mut addr = None;
-    let mut library = None;
+    let mut manifest = None;
     let mut pid_file = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -51,7 +56,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, exe_dir: &Path) -> Result<C
         let slot = match flag.as_str() {
             "-h" | "--help" if inline.is_none() => return Ok(Command::Help),
             "--addr" => &mut addr,
-            "--library" => &mut library,
+            "--manifest" => &mut manifest,
             "--pid-file" => &mut pid_file,
             _ => return Err(format!("unknown argument `{arg}`")),
         };
@@ -68,7 +73,8 @@ pub fn parse(args: impl IntoIterator<Item = String>, exe_dir: &Path) -> Result<C
     }
     Ok(Command::Run(Args {
         addr: addr.unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
-        library: library.map_or_else(|| exe_dir.join("libshop_lib.so"), PathBuf::from),
+        default_manifest: manifest.is_none(),
+        manifest: manifest.map_or_else(|| exe_dir.join("verdant.toml"), PathBuf::from),
         pid_file: pid_file.map_or_else(|| exe_dir.join("demo-app.pid"), PathBuf::from),
     }))
 }
@@ -87,7 +93,8 @@ mod tests {
             run(&[]),
             Ok(Command::Run(Args {
                 addr: "127.0.0.1:3000".to_owned(),
-                library: PathBuf::from("/opt/demo/libshop_lib.so"),
+                manifest: PathBuf::from("/opt/demo/verdant.toml"),
+                default_manifest: true,
                 pid_file: PathBuf::from("/opt/demo/demo-app.pid"),
             }))
         );
@@ -95,11 +102,11 @@ mod tests {
 
     #[test]
     fn both_value_styles_work() {
-        let Ok(Command::Run(args)) = run(&["--addr", "127.0.0.1:0", "--library=/x/lib.so", "--pid-file", "p"]) else {
+        let Ok(Command::Run(args)) = run(&["--addr", "127.0.0.1:0", "--manifest=/x/v.toml", "--pid-file", "p"]) else {
             panic!("should parse");
         };
         assert_eq!(args.addr, "127.0.0.1:0");
-        assert_eq!(args.library, PathBuf::from("/x/lib.so"));
+        assert_eq!((args.manifest, args.default_manifest), (PathBuf::from("/x/v.toml"), false));
         assert_eq!(args.pid_file, PathBuf::from("p"));
     }
 

@@ -1,5 +1,6 @@
-//! The HTTP face of the demo: the shop library's router mounted under
-//! `/shop/`, the registry's status, a 404 fallback and the panic layer.
+//! The HTTP face of the demo: the registry's status, then Verdant's HTTP
+//! pipeline (the extensions' middleware, the shop's routes under its mount,
+//! a 404 fallback), and the panic layer around everything.
 
 use std::any::Any;
 
@@ -11,39 +12,28 @@ use axum::Router;
 use shop_api::Shop;
 use tower_http::catch_panic::CatchPanicLayer;
 use verdant::boundary::LibraryPanic;
-use verdant::{Handle, Verdant};
+use verdant::Verdant;
 
-/// What the service serves.
-#[derive(Clone)]
-pub struct AppState {
-    /// The shop loadable; each request under `/shop/` pins the version
-    /// serving when it starts, until its response body is done.
-    pub shop: Handle<dyn Shop>,
-    /// The registry, for `/verdant/status`.
-    pub verdant: Verdant,
-}
-
-/// The demo's routes: `/shop/...` served by the shop library's own router
-/// (looked up per request, so a reload takes effect on the next request),
-/// `/verdant/status`, a 404 fallback, and host panics turned into 500.
+/// The demo's routes: `/verdant/status` of the host, then everything else
+/// through [`verdant::axum::pipeline`]: the middleware of every HTTP
+/// extension the manifest lists, in its order, then the routes of the
+/// loadable whose mount matches (the shop's own router under `/shop`), then
+/// the demo's 404. A manifest change takes effect on the next request.
 ///
-/// [`verdant::axum::mount`] answers for the shop namespace itself: 503 while
-/// no version is attached, 500 when library code panics (contained in the
-/// library), and the library router's own 404 for paths it does not know.
-///
-/// # Errors
-///
-/// Only if the loadable's name cannot be a path segment
-/// ([`verdant::Error::InvalidMountName`]); the demo's `shop` always can.
-pub fn router(state: AppState) -> Result<Router, verdant::Error> {
-    let shop =
-        verdant::axum::mount(state.shop, |shop| shop.router())?.layer(axum::middleware::map_response(stamp_generation));
-    Ok(app(shop, state.verdant))
+/// The pipeline answers for a mount itself: 503 while its loadable is not
+/// attached, 500 when library code panics (contained in the library); the
+/// library router answers 404 for paths it does not know.
+pub fn router(verdant: &Verdant) -> Router {
+    let pipeline = verdant::axum::pipeline(verdant)
+        .routes::<dyn Shop>(|shop| shop.router())
+        .fallback(Router::new().fallback(not_found));
+    app(verdant.clone(), Router::new().fallback_service(pipeline))
 }
 
 /// Adds `x-verdant-generation` (the reload generation of the version that
-/// answered) to every answer the shop library gave. The host stamps it from
-/// the response's [`verdant::axum::Served`] extension, which mount sets.
+/// answered) to every answer a loadable's routes gave. The host stamps it
+/// from the response's [`verdant::axum::Served`] extension, which the
+/// pipeline sets.
 async fn stamp_generation(mut response: Response) -> Response {
     if let Some(served) = response.extensions().get::<verdant::axum::Served>() {
         let generation = HeaderValue::from(served.generation);
@@ -52,16 +42,16 @@ async fn stamp_generation(mut response: Response) -> Response {
     response
 }
 
-/// Puts the host's own routes, the fallback and the panic layer around
-/// `shop`, the router that serves `/shop/...`.
-fn app(shop: Router, verdant: Verdant) -> Router {
+/// Puts the host's own route, the generation stamp and the panic layer
+/// around `rest`, which serves every other path.
+fn app(verdant: Verdant, rest: Router) -> Router {
     Router::new()
         .route("/verdant/status", get(status))
         .with_state(verdant)
-        .merge(shop)
-        .fallback(not_found)
+        .merge(rest)
+        .layer(axum::middleware::map_response(stamp_generation))
         // Library panics never get here (the library's guard contains them
-        // and mount answers 500); this catches panics of host code.
+        // and the pipeline answers 500); this catches panics of host code.
         .layer(CatchPanicLayer::custom(panic_response))
 }
 
@@ -112,13 +102,14 @@ mod tests {
 
     use super::*;
 
-    /// A registry whose shop is registered but never attached.
-    fn unattached() -> AppState {
+    /// A registry whose shop is registered and mounted but never attached.
+    fn unattached() -> Verdant {
         let context = shop_api::ShopContext { shop_name: "test".to_owned(), currency: "EUR".to_owned() };
-        let verdant =
-            Verdant::builder(context).add::<dyn Shop>("shop", "/nonexistent/libshop_lib.so").build().expect("registry");
-        let shop = verdant.handle::<dyn Shop>("shop").expect("handle");
-        AppState { shop, verdant }
+        Verdant::builder(context)
+            .add::<dyn Shop>("shop", "/nonexistent/libshop_lib.so")
+            .mount("shop", "/shop")
+            .build()
+            .expect("registry")
     }
 
     /// Serves `app` on a free local port.
@@ -140,11 +131,12 @@ mod tests {
 
     #[tokio::test]
     async fn no_serving_version_is_503_and_unknown_paths_404() {
-        let addr = serve(router(unattached()).expect("mount the shop")).await;
+        let addr = serve(router(&unattached())).await;
         for path in ["/shop/hello", "/shop/quote/coffee?qty=2", "/shop/quote/coffee?qty=-1", "/shop", "/shop/nowhere"] {
             let answer = raw_get(addr, path).await;
             assert!(answer.starts_with("HTTP/1.1 503"), "GET {path}: {answer}");
-            assert!(answer.contains("loadable `shop` is not attached"), "GET {path}: {answer}");
+            assert!(answer.contains("loadable `shop` is not serving"), "GET {path}: {answer}");
+            assert!(answer.contains("not attached"), "GET {path}: {answer}");
         }
         let nowhere = raw_get(addr, "/nowhere").await;
         assert!(nowhere.starts_with("HTTP/1.1 404") && nowhere.contains("no route for GET /nowhere"), "{nowhere}");
@@ -157,12 +149,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_shop_namespace_goes_to_the_shop_router_and_host_panics_answer_500() {
-        // Stands in for what `verdant::axum::mount` returns: a router that
-        // serves everything under `/shop`.
+        // Stands in for the pipeline: a router that serves everything under
+        // `/shop`.
         let shop = Router::new()
             .route("/shop/hello", get(|| async { "hello from the shop\n" }))
             .route("/shop/host-panic", get(|| async { host_panic() }));
-        let addr = serve(app(shop, unattached().verdant)).await;
+        let addr = serve(app(unattached(), shop)).await;
         let hello = raw_get(addr, "/shop/hello").await;
         assert!(hello.starts_with("HTTP/1.1 200") && hello.ends_with("hello from the shop\n"), "{hello}");
         let panicked = raw_get(addr, "/shop/host-panic").await;

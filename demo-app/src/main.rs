@@ -108,20 +108,35 @@ fn install_panic_hook() {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if args.default_manifest {
+        write_default_manifest(&args.manifest)?;
+    }
     let context = ShopContext { shop_name: "the Verdant demo shop".to_owned(), currency: "EUR".to_owned() };
-    let verdant =
-        Verdant::builder(context).add::<dyn Shop>("shop", &args.library).build().map_err(|error| error.to_string())?;
-    let shop = verdant.handle::<dyn Shop>("shop").map_err(|error| error.to_string())?;
-    let app = http::router(http::AppState { shop, verdant: verdant.clone() }).map_err(|error| error.to_string())?;
-
-    // Attach runs the library's attach hook (under a time limit, on its own
-    // thread); keep it off the async worker threads.
-    let attaching = verdant.clone();
-    let report = tokio::task::spawn_blocking(move || attaching.attach())
-        .await
-        .map_err(|error| format!("the attach task failed: {error}"))?
+    // The shop's path and mount come from the manifest's `shop` entry; the
+    // path given here is used only if the manifest does not list it.
+    let shop_default = args.manifest.parent().unwrap_or(Path::new(".")).join("libshop_lib.so");
+    let verdant = Verdant::builder(context)
+        .add::<dyn Shop>("shop", shop_default)
+        .manifest(&args.manifest)
+        .build()
         .map_err(|error| error.to_string())?;
-    tracing::info!("{}", report.to_string().trim_end());
+    let app = http::router(&verdant);
+
+    // Attach runs the libraries' attach hooks (under a time limit, on their
+    // own threads); keep it off the async worker threads. Each loadable
+    // that can attach serves; one that cannot is reported and answers 503
+    // until a reload brings it up.
+    let attaching = verdant.clone();
+    let attached = tokio::task::spawn_blocking(move || attaching.attach())
+        .await
+        .map_err(|error| format!("the attach task failed: {error}"))?;
+    match attached {
+        Ok(report) => tracing::info!("{}", report.to_string().trim_end()),
+        Err(verdant::Error::Reload(failure)) => {
+            tracing::error!("{}", failure.report.to_string().trim_end());
+        }
+        Err(error) => return Err(error.to_string()),
+    }
 
     verdant.reload_on_sigpipe().map_err(|error| error.to_string())?;
     let pid = std::process::id();
@@ -135,8 +150,8 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(
         pid,
         pid_file = %args.pid_file.display(),
-        library = %args.library.display(),
-        "serving; rebuild and reload with scripts/reload, or `kill -PIPE {pid}` after a rebuild"
+        manifest = %args.manifest.display(),
+        "serving; after a rebuild or a manifest edit, reload with `kill -PIPE {pid}` (scripts/reload rebuilds the shop first)"
     );
 
     axum::serve(listener, app)
@@ -149,6 +164,25 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::task::spawn_blocking(move || verdant.revoke()).await.map_err(|error| format!("revoke failed: {error}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The manifest the demo starts with when none exists yet: the shop alone,
+/// with the demo's extensions listed but commented out.
+const DEFAULT_MANIFEST: &str = include_str!("../verdant.toml");
+
+/// Writes [`DEFAULT_MANIFEST`] to `path` unless a manifest is there already
+/// (an edited one is never overwritten).
+fn write_default_manifest(path: &Path) -> Result<(), String> {
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(mut file) => {
+            file.write_all(DEFAULT_MANIFEST.as_bytes())
+                .map_err(|error| format!("cannot write the default manifest {}: {error}", path.display()))?;
+            tracing::info!(manifest = %path.display(), "wrote the default manifest: edit it and send SIGPIPE to apply it");
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(format!("cannot create the default manifest {}: {error}", path.display())),
+    }
 }
 
 /// Prints the one stdout line tests and scripts wait for, and flushes it.

@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
@@ -26,9 +27,22 @@ pub(crate) struct Entry {
     pub interface: &'static str,
     /// `Arc<Slot<I>>` of the interface given to `add`.
     pub slot: Arc<dyn Any + Send + Sync>,
-    pub ops: Box<dyn EntryOps>,
+    pub ops: Arc<dyn EntryOps>,
     /// Where the HTTP pipeline serves its routes (`/shop`), if anywhere.
     pub mount: Option<Arc<str>>,
+    /// The settings of its manifest entry (an HTTP extension's attach hook
+    /// gets them in its [`ExtensionContext`]).
+    pub settings: BTreeMap<String, String>,
+    /// Whether the manifest configures it (its path, mount, settings and
+    /// group follow the manifest, and leaving the manifest removes it).
+    pub from_manifest: bool,
+    /// A typed loadable the manifest no longer lists: revoked, kept
+    /// registered (code still holds its handles), and out of every reload
+    /// and of the HTTP pipeline until the manifest lists it again.
+    pub dormant: bool,
+    /// Its attach context changed (mount or settings of an HTTP extension):
+    /// the next transaction re-attaches it even if its file is unchanged.
+    pub reattach: AtomicBool,
     /// The context its attach hook gets instead of the registry's: an
     /// [`ExtensionContext`] for every `dyn HttpExtension`.
     pub context: Option<EntryContext>,
@@ -37,8 +51,20 @@ pub(crate) struct Entry {
     /// one group among its targets form one all-or-nothing unit, and every
     /// ungrouped loadable is a unit of its own.
     pub group: Option<Arc<str>>,
-    /// Versions that stopped serving, oldest first (see `record_retired`).
-    retired: Mutex<Vec<Retired>>,
+    /// The group `Builder::group` gave it: kept when the manifest configures
+    /// it without a group of its own.
+    pub code_group: Option<Arc<str>>,
+    /// Versions that stopped serving, oldest first (see `record_retired`);
+    /// shared with the entries it is [reconfigured](Entry::reconfigured) into.
+    retired: Arc<Mutex<Vec<Retired>>>,
+}
+
+/// How the manifest configures an entry.
+pub(crate) struct Config<'a> {
+    pub path: &'a std::path::Path,
+    pub mount: Option<&'a str>,
+    pub settings: &'a BTreeMap<String, String>,
+    pub group: Option<&'a str>,
 }
 
 /// A context of an entry's own.
@@ -70,23 +96,83 @@ impl Entry {
             path,
             interface: std::any::type_name::<I>(),
             slot: slot.clone(),
-            ops: Box::new(TypedOps { slot }),
+            ops: Arc::new(TypedOps { slot }),
             mount: None,
+            settings: BTreeMap::new(),
+            from_manifest: false,
+            dormant: false,
+            reattach: AtomicBool::new(false),
             context,
             group: None,
-            retired: Mutex::new(Vec::new()),
+            code_group: None,
+            retired: Arc::default(),
         }
     }
 
-    /// Sets where its routes are served and, for an HTTP extension, the
-    /// settings its attach hook gets.
-    pub(crate) fn with_http(mut self, mount: Option<&str>, settings: BTreeMap<String, String>) -> Entry {
-        self.mount = mount.map(Arc::from);
-        if self.context.is_some() {
-            let context = ExtensionContext::new(&*self.name, mount.map(str::to_owned), settings);
-            self.context = Some(EntryContext::extension(context));
+    /// The same loadable (same slot, versions and retired list: handles
+    /// keep working) as the manifest entry `config` configures it, and
+    /// whether anything changed. A changed mount or settings of an HTTP
+    /// extension marks it for re-attaching.
+    pub(crate) fn reconfigured(&self, config: &Config<'_>) -> (Entry, bool) {
+        let mount = config.mount.map(Arc::from);
+        let group = config.group.map(Arc::from).or_else(|| self.code_group.clone());
+        let context_changed = self.context.is_some() && (mount != self.mount || *config.settings != self.settings);
+        let changed = context_changed
+            || config.path != self.path
+            || mount != self.mount
+            || group != self.group
+            || !self.from_manifest
+            || self.dormant;
+        let context = self.context.as_ref().map(|_| {
+            EntryContext::extension(ExtensionContext::new(
+                &*self.name,
+                config.mount.map(str::to_owned),
+                config.settings.clone(),
+            ))
+        });
+        let entry = Entry {
+            name: self.name.clone(),
+            path: config.path.to_owned(),
+            interface: self.interface,
+            slot: self.slot.clone(),
+            ops: self.ops.clone(),
+            mount,
+            settings: config.settings.clone(),
+            from_manifest: true,
+            dormant: false,
+            reattach: AtomicBool::new(context_changed || self.reattach.load(Ordering::Acquire)),
+            context,
+            group,
+            code_group: self.code_group.clone(),
+            retired: self.retired.clone(),
+        };
+        (entry, changed)
+    }
+
+    /// The same loadable, dormant: the manifest no longer lists it.
+    pub(crate) fn dormant(&self) -> Entry {
+        Entry {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            interface: self.interface,
+            slot: self.slot.clone(),
+            ops: self.ops.clone(),
+            mount: None,
+            settings: BTreeMap::new(),
+            from_manifest: false,
+            dormant: true,
+            reattach: AtomicBool::new(false),
+            context: self.context.clone(),
+            group: None,
+            code_group: self.code_group.clone(),
+            retired: self.retired.clone(),
         }
-        self
+    }
+
+    /// Whether it is an HTTP extension (`dyn HttpExtension`), which the
+    /// manifest alone creates and removes.
+    pub(crate) fn is_extension(&self) -> bool {
+        self.context.is_some()
     }
 
     /// The fingerprint of the context its attach hook gets.
@@ -106,7 +192,7 @@ impl Entry {
     pub(crate) fn record_retired(&self, retired: Retired) {
         let mut list = self.retired.lock();
         list.push(retired);
-        let finished = |r: &Retired| r.pins.strong_count() == 0 && *r.meta.detach.lock() != DetachState::Pending;
+        let finished = |r: &Retired| r.is_finished();
         let mut excess = list.iter().filter(|r| finished(r)).count().saturating_sub(FINISHED_RETIRED_KEPT);
         list.retain(|r| {
             if excess > 0 && finished(r) {
@@ -131,6 +217,13 @@ pub(crate) struct Retired {
     pub pins: Weak<dyn Any + Send + Sync>,
 }
 
+impl Retired {
+    /// Unpinned and detached (or its detach failed): nothing will change.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.pins.strong_count() == 0 && *self.meta.detach.lock() != DetachState::Pending
+    }
+}
+
 /// The typed operations of an entry.
 pub(crate) trait EntryOps: Send + Sync {
     /// The fingerprints a library must match for this entry.
@@ -147,6 +240,9 @@ pub(crate) trait EntryOps: Send + Sync {
     fn current(&self) -> Option<Arc<VersionMeta>>;
     /// Stops serving (revoke): the slot becomes empty and refuses pins.
     fn revoke(&self) -> Option<Retired>;
+    /// Undoes [`revoke`](Self::revoke)'s refusal: the slot may serve again
+    /// once a new version is committed (the manifest lists it again).
+    fn reinstate(&self);
 }
 
 /// An attached version waiting for the transaction to commit. Dropping it
@@ -189,6 +285,10 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
     fn revoke(&self) -> Option<Retired> {
         self.slot.revoked.store(true, std::sync::atomic::Ordering::Release);
         self.slot.current.swap(None).map(retire)
+    }
+
+    fn reinstate(&self) {
+        self.slot.revoked.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -274,6 +274,20 @@ pub struct ReloadFailure {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The manifest does not parse or validate (or cannot be read); nothing
+    /// was changed.
+    #[error("{0}; nothing was changed: fix the manifest and reload again")]
+    Manifest(#[from] crate::manifest::ManifestError),
+    /// `Builder::mount` with a mount that cannot be a path prefix.
+    #[error("loadable `{name}`: {reason}")]
+    InvalidMount {
+        /// The loadable.
+        name: String,
+        /// The mount as given.
+        mount: String,
+        /// What is wrong and how to write it.
+        reason: String,
+    },
     /// `add` with a name that is already registered.
     #[error("a loadable named `{name}` is already registered; names must be unique")]
     DuplicateName {

@@ -13,8 +13,10 @@
 //! This crate is the **host**: the registry (`registry.rs`), the loader
 //! (`loader.rs`, `elf.rs`), reload transactions (`transaction.rs`,
 //! `trigger.rs`, `attach.rs`), handles (`handle.rs`), versions and their
-//! retirement (`version.rs`), the SIGPIPE trigger (`sigpipe.rs`) and the
-//! axum mount ([`axum`]). No library ever links it.
+//! retirement (`version.rs`), the SIGPIPE trigger (`sigpipe.rs`), the
+//! manifest and how it is applied (`manifest.rs`, `manifest_diff.rs`) and
+//! the axum side ([`axum`]: `mount.rs`, and `pipeline.rs`, which composes
+//! HTTP extensions). No library ever links it.
 //!
 //! Libraries link only [`verdant-loadable`](verdant_loadable): [`Loadable`],
 //! [`export!`], the support code of `#[verdant_loadable::interface]`, the
@@ -40,6 +42,31 @@
 //! 3. **Host.** `Verdant::builder(context).add::<dyn Shop>("shop", path)`,
 //!    then [`Verdant::attach`], then [`Verdant::handle`]. Each
 //!    [`Handle::get`] pins the serving version for one call or request.
+//!
+//! # Plugins from a manifest
+//!
+//! A service can also list its loadables in a TOML [`manifest`]
+//! ([`Builder::manifest`]); every reload reads it again and applies the
+//! difference: new entries are loaded, removed ones revoked, changed ones
+//! reloaded. An entry the host did not add in code is an *HTTP extension*
+//! ([`verdant_loadable::http::HttpExtension`]): a library that offers
+//! routes under its mount and a middleware, which the host serves without
+//! knowing it at compile time through [`axum::pipeline`]: host layers, then
+//! every extension's middleware in manifest order, then the routes whose
+//! mount matches, then a 404.
+//!
+//! ```toml
+//! [[loadable]]
+//! name = "shop"                        # added in code as dyn Shop: sets its path and mount
+//! path = "target/debug/libshop_lib.so" # relative to the manifest's directory
+//! mount = "/shop"
+//!
+//! [[loadable]]
+//! name = "request-id"                  # not added in code: an HTTP extension
+//! path = "target/debug/libdemo_request_id.so"
+//! [loadable.settings]                  # handed to its attach hook
+//! header = "x-request-id"
+//! ```
 //!
 //! # A reload is a transaction per loadable
 //!
@@ -105,6 +132,7 @@ mod handle;
 mod handoff;
 mod loader;
 pub mod manifest;
+mod manifest_diff;
 mod private_dir;
 mod registry;
 mod report;

@@ -736,7 +736,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Checks a mount and returns its segments.
-fn check_mount(mount: &str) -> Result<Vec<&str>, String> {
+pub(crate) fn check_mount(mount: &str) -> Result<Vec<&str>, String> {
     // What the mount would be with empty segments dropped, for advice.
     let tidy = || {
         let segments: Vec<&str> = mount.split('/').filter(|s| !s.is_empty()).collect();

@@ -16,6 +16,8 @@ use crate::error::Error;
 use crate::filter::Select;
 use crate::handle::{Handle, Slot};
 use crate::loader::{Stages, System};
+use crate::manifest::Manifest;
+use crate::manifest_diff;
 use crate::private_dir::PrivateDir;
 use crate::report::{ReloadReport, Trigger};
 use crate::sigpipe::{self, SigpipeCounters};
@@ -52,6 +54,9 @@ pub struct Builder {
     entries: Vec<Entry>,
     /// `group` calls: group name and member names, in call order.
     groups: Vec<(Arc<str>, Vec<String>)>,
+    /// `mount` calls: loadable name and mount, in call order.
+    mounts: Vec<(String, String)>,
+    manifest: Option<PathBuf>,
     stages: Arc<dyn Stages>,
 }
 
@@ -154,6 +159,66 @@ impl Builder {
         self
     }
 
+    /// Runs the loadables the manifest at `path` lists (see
+    /// [`manifest`](crate::manifest) for its format; [`DEFAULT_MANIFEST`]
+    /// is the conventional name). `build()` reads it; every reload (a
+    /// [`reload`](Verdant::reload) call, `kill -PIPE`) reads it again and
+    /// applies the difference before it loads anything:
+    ///
+    /// - a new name is loaded and attached as an HTTP extension
+    ///   (`dyn verdant_loadable::http::HttpExtension`), unless a loadable of
+    ///   that name was [added](Self::add) in code: then the entry sets its
+    ///   path, mount and group;
+    /// - a name that is no longer listed is revoked: its handles answer
+    ///   `Revoked`, its routes 404 and its middleware leaves the HTTP
+    ///   pipeline at once; its version detaches once its last request is
+    ///   done (a loadable added in code stays registered, dormant, until
+    ///   the manifest lists it again);
+    /// - a changed path or file is reloaded; a changed `mount` or
+    ///   `settings` of an extension re-attaches it;
+    /// - an unchanged entry is untouched (its reload reports `Unchanged`).
+    ///
+    /// The entries' order is the order their middlewares run in. A manifest
+    /// that does not parse or validate changes nothing: `build()` or the
+    /// reload fails with [`Error::Manifest`], which names the file, line and
+    /// column.
+    ///
+    /// ```no_run
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn router(&self) -> axum::Router; }
+    /// // verdant.toml:
+    /// //   [[loadable]]
+    /// //   name = "shop"
+    /// //   path = "target/debug/libshop_lib.so"
+    /// //   mount = "/shop"
+    /// let verdant = verdant::Verdant::builder(())
+    ///     .add::<dyn Shop>("shop", "target/debug/libshop_lib.so")
+    ///     .manifest(verdant::manifest::DEFAULT_MANIFEST)
+    ///     .build()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn manifest(mut self, path: impl Into<PathBuf>) -> Self {
+        self.manifest = Some(path.into());
+        self
+    }
+
+    /// Serves the routes of loadable `name` under `mount` (`"/shop"`) in the
+    /// HTTP pipeline ([`crate::axum::pipeline`]); a manifest entry of that
+    /// name sets its own mount instead. `build()` fails for an unknown name
+    /// or a malformed mount (it must look like `/shop` or `/api/v1`).
+    ///
+    /// ```no_run
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn router(&self) -> axum::Router; }
+    /// let verdant = verdant::Verdant::builder(())
+    ///     .add::<dyn Shop>("shop", "target/debug/libshop_lib.so")
+    ///     .mount("shop", "/shop")
+    ///     .build()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn mount(mut self, name: &str, mount: &str) -> Self {
+        self.mounts.push((name.to_owned(), mount.to_owned()));
+        self
+    }
+
     /// Makes the loadables `members` one all-or-nothing unit named `name`.
     ///
     /// Without groups every loadable is loaded, attached and swapped in on
@@ -211,6 +276,12 @@ impl Builder {
             }
         }
         assign_groups(&mut self.entries, &self.groups)?;
+        assign_mounts(&mut self.entries, &self.mounts)?;
+        let mut entries: Vec<Arc<Entry>> = self.entries.into_iter().map(Arc::new).collect();
+        if let Some(path) = &self.manifest {
+            let manifest = Manifest::load(path)?;
+            entries = manifest_diff::diff(&entries, &manifest).entries;
+        }
         crate::loader::raise_open_file_limit();
         let private_dir = PrivateDir::create(self.private_dir.as_deref()).map_err(|e| Error::PrivateDir {
             path: self.private_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -229,7 +300,9 @@ impl Builder {
             last_runtime: Mutex::new(current_runtime),
             private_dir,
             stages: self.stages,
-            entries: RwLock::new(self.entries.into_iter().map(Arc::new).collect()),
+            entries: RwLock::new(entries),
+            manifest: self.manifest,
+            removed: Mutex::new(Vec::new()),
             transaction: Mutex::new(()),
             generation: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
@@ -244,6 +317,70 @@ impl Builder {
             .map_err(|e| Error::Worker { what: "reload", reason: e.to_string() })?;
         Ok(Verdant { inner })
     }
+}
+
+/// One loadable's part of `status()`.
+fn loadable_status(entry: &Entry, mappings: &Mappings) -> LoadableStatus {
+    LoadableStatus {
+        name: entry.name.to_string(),
+        path: entry.path.clone(),
+        interface: entry.interface,
+        mount: entry.mount.as_deref().map(str::to_owned),
+        group: entry.group.as_deref().map(str::to_owned),
+        current: entry.ops.current().map(|meta| meta.info.clone()),
+        retired: entry.with_retired(|retired| {
+            retired
+                .iter()
+                .map(|retired| RetiredStatus {
+                    version: retired.meta.info.clone(),
+                    retired_at: *retired.meta.retired_at.lock(),
+                    in_flight: retired.pins.strong_count(),
+                    tasks_running: retired.meta.tasks_running(),
+                    detach: retired.meta.detach.lock().clone(),
+                    mapped: mappings.bytes(&retired.meta.copy) > 0,
+                    mapped_bytes: mappings.bytes(&retired.meta.copy),
+                    copy: retired.meta.copy.clone(),
+                })
+                .collect()
+        }),
+    }
+}
+
+/// How many removed loadables whose versions all finished `status()` keeps
+/// showing (those with a version still pinned or awaiting detach are
+/// always shown).
+const FINISHED_REMOVED_KEPT: usize = 8;
+
+/// Drops the oldest removed loadables whose versions all finished beyond
+/// [`FINISHED_REMOVED_KEPT`], so the list stays bounded.
+fn prune_removed(removed: &mut Vec<Arc<Entry>>) {
+    let finished = |entry: &Arc<Entry>| entry.with_retired(|retired| retired.iter().all(|r| r.is_finished()));
+    let mut excess = removed.iter().filter(|e| finished(e)).count().saturating_sub(FINISHED_REMOVED_KEPT);
+    removed.retain(|entry| {
+        if excess > 0 && finished(entry) {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// Sets `Entry::mount` from the builder's `mount` calls.
+fn assign_mounts(entries: &mut [Entry], mounts: &[(String, String)]) -> Result<(), Error> {
+    for (name, mount) in mounts {
+        crate::manifest::check_mount(mount).map_err(|reason| Error::InvalidMount {
+            name: name.clone(),
+            mount: mount.clone(),
+            reason,
+        })?;
+        let Some(at) = entries.iter().position(|e| &*e.name == name.as_str()) else {
+            let registered = entries.iter().map(|e| e.name.to_string()).collect();
+            return Err(Error::UnknownLoadable { name: name.clone(), registered });
+        };
+        entries[at].mount = Some(Arc::from(mount.as_str()));
+    }
+    Ok(())
 }
 
 /// Sets `Entry::group` from the builder's `group` calls, refusing unknown
@@ -270,7 +407,10 @@ fn assign_groups(entries: &mut [Entry], groups: &[(Arc<str>, Vec<String>)]) -> R
                         second: group.to_string(),
                     })
                 }
-                _ => entry.group = Some(group.clone()),
+                _ => {
+                    entry.group = Some(group.clone());
+                    entry.code_group = Some(group.clone());
+                }
             }
         }
     }
@@ -318,6 +458,11 @@ pub(crate) struct Inner {
     pub(crate) private_dir: PrivateDir,
     pub(crate) stages: Arc<dyn Stages>,
     entries: RwLock<Vec<Arc<Entry>>>,
+    /// `Builder::manifest`: read again by every reload.
+    manifest: Option<PathBuf>,
+    /// Loadables the manifest removed, for `status()` (bounded, see
+    /// `prune_removed`).
+    removed: Mutex<Vec<Arc<Entry>>>,
     /// Held for the whole of every transaction; never by readers.
     transaction: Mutex<()>,
     pub(crate) generation: AtomicU64,
@@ -356,6 +501,8 @@ impl Verdant {
             runtime: None,
             entries: Vec::new(),
             groups: Vec::new(),
+            mounts: Vec::new(),
+            manifest: None,
             stages: Arc::new(System),
         }
     }
@@ -431,7 +578,7 @@ impl Verdant {
         let _transaction = self.inner.transaction.lock();
         self.inner.check_not_revoked()?;
         let targets: Vec<Arc<Entry>> =
-            self.inner.entries.read().iter().filter(|e| e.ops.current().is_none()).cloned().collect();
+            self.inner.entries.read().iter().filter(|e| !e.dormant && e.ops.current().is_none()).cloned().collect();
         if targets.is_empty() {
             return Ok(self.inner.empty_report(Trigger::Attach));
         }
@@ -557,39 +704,19 @@ impl Verdant {
     /// ```
     pub fn status(&self) -> Status {
         let mappings = Mappings::read();
-        let loadables = self
-            .inner
-            .entries
-            .read()
-            .iter()
-            .map(|entry| LoadableStatus {
-                name: entry.name.to_string(),
-                path: entry.path.clone(),
-                interface: entry.interface,
-                current: entry.ops.current().map(|meta| meta.info.clone()),
-                retired: entry.with_retired(|retired| {
-                    retired
-                        .iter()
-                        .map(|retired| RetiredStatus {
-                            version: retired.meta.info.clone(),
-                            retired_at: *retired.meta.retired_at.lock(),
-                            in_flight: retired.pins.strong_count(),
-                            tasks_running: retired.meta.tasks_running(),
-                            detach: retired.meta.detach.lock().clone(),
-                            mapped: mappings.bytes(&retired.meta.copy) > 0,
-                            mapped_bytes: mappings.bytes(&retired.meta.copy),
-                            copy: retired.meta.copy.clone(),
-                        })
-                        .collect()
-                }),
-            })
-            .collect();
+        let loadables = self.inner.entries.read().iter().map(|entry| loadable_status(entry, &mappings)).collect();
+        let removed = {
+            let mut removed = self.inner.removed.lock();
+            prune_removed(&mut removed);
+            removed.iter().map(|entry| loadable_status(entry, &mappings)).collect()
+        };
         Status {
             generation: self.inner.generation.load(Ordering::Acquire),
             revoked: self.inner.revoked.load(Ordering::Acquire),
             strict: self.inner.strict,
             private_dir: self.inner.private_dir.path().to_owned(),
             loadables,
+            removed,
             stuck_attaches: self.inner.stuck.snapshot(),
             sigpipe: self.inner.sigpipe.stats(),
         }
@@ -718,18 +845,46 @@ impl Inner {
     ) -> Result<ReloadReport, Error> {
         let _transaction = self.transaction.lock();
         self.check_not_revoked()?;
+        let touched = self.apply_manifest()?;
         let entries = self.entries.read().clone();
+        let selected = |e: &Entry| !e.dormant && (names.contains(&e.name) || touched.contains(&e.name));
         // A group is reloaded as a whole: selecting a member selects it.
         let groups: BTreeSet<&Arc<str>> =
-            entries.iter().filter(|e| names.contains(&e.name)).filter_map(|e| e.group.as_ref()).collect();
+            entries.iter().filter(|e| selected(e)).filter_map(|e| e.group.as_ref()).collect();
         let targets: Vec<Arc<Entry>> = entries
             .iter()
-            .filter(|e| names.contains(&e.name) || e.group.as_ref().is_some_and(|g| groups.contains(g)))
+            .filter(|e| selected(e) || (!e.dormant && e.group.as_ref().is_some_and(|g| groups.contains(g))))
             .cloned()
             .collect();
         let result = transaction::run(self, &targets, Mode::Reload, trigger, coalesced);
         self.notify_changed();
         result
+    }
+
+    /// Reads the manifest again and applies it (call with the transaction
+    /// lock held): the new entry list replaces the old one in one store,
+    /// then the removed entries are revoked. Returns the names that must be
+    /// reloaded whatever was selected. A manifest that does not parse or
+    /// validate changes nothing.
+    fn apply_manifest(&self) -> Result<BTreeSet<Arc<str>>, Error> {
+        let Some(path) = &self.manifest else { return Ok(BTreeSet::new()) };
+        let manifest = Manifest::load(path)?;
+        let diff = manifest_diff::diff(&self.entries.read(), &manifest);
+        for entry in diff.entries.iter().filter(|e| diff.touched.contains(&e.name)) {
+            // Listed again after a removal: it may serve once loaded.
+            entry.ops.reinstate();
+        }
+        *self.entries.write() = diff.entries;
+        for entry in &diff.removed {
+            if let Some(retired) = entry.ops.revoke() {
+                entry.record_retired(retired);
+            }
+            tracing::info!(loadable = %entry.name, manifest = %path.display(), "removed: the manifest no longer lists it");
+        }
+        let mut removed = self.removed.lock();
+        removed.extend(diff.removed);
+        prune_removed(&mut removed);
+        Ok(diff.touched)
     }
 
     /// The registered loadables, in order.

@@ -36,8 +36,12 @@ pub struct Status {
     pub strict: bool,
     /// Where private copies of libraries live.
     pub private_dir: PathBuf,
-    /// Every loadable, in registration order.
+    /// Every loadable, in registration order (the manifest's entries in its
+    /// order).
     pub loadables: Vec<LoadableStatus>,
+    /// Loadables the manifest no longer lists, while a version of theirs is
+    /// still pinned or awaiting detach, and the last 8 finished ones.
+    pub removed: Vec<LoadableStatus>,
     /// Attach hooks that exceeded the time limit and have not returned.
     pub stuck_attaches: Vec<StuckAttach>,
     /// SIGPIPE listener counters.
@@ -53,6 +57,10 @@ pub struct LoadableStatus {
     pub path: PathBuf,
     /// The interface it serves.
     pub interface: &'static str,
+    /// Where the HTTP pipeline serves its routes, if anywhere.
+    pub mount: Option<String>,
+    /// The all-or-nothing group it belongs to, if any.
+    pub group: Option<String>,
     /// The version serving now.
     pub current: Option<VersionInfo>,
     /// Versions that stopped serving, oldest first: every one still pinned
@@ -98,10 +106,20 @@ impl fmt::Display for Status {
             self.revoked,
             self.private_dir.display()
         )?;
-        for loadable in &self.loadables {
+        let removed = self.removed.iter().map(|loadable| (loadable, true));
+        for (loadable, removed) in self.loadables.iter().map(|loadable| (loadable, false)).chain(removed) {
+            let mut place = String::new();
+            if let Some(mount) = &loadable.mount {
+                place.push_str(&format!(" at {mount}"));
+            }
+            if let Some(group) = &loadable.group {
+                place.push_str(&format!(" in group {group}"));
+            }
+            let (name, path) = (&loadable.name, loadable.path.display());
             match &loadable.current {
-                Some(current) => writeln!(f, "  {} ({}): serving {current}", loadable.name, loadable.path.display())?,
-                None => writeln!(f, "  {} ({}): not attached", loadable.name, loadable.path.display())?,
+                _ if removed => writeln!(f, "  {name} ({path}): removed from the manifest")?,
+                Some(current) => writeln!(f, "  {name} ({path}){place}: serving {current}")?,
+                None => writeln!(f, "  {name} ({path}){place}: not attached")?,
             }
             for retired in &loadable.retired {
                 let mapping = if retired.mapped {

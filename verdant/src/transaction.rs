@@ -179,6 +179,7 @@ fn run_unit(
         if let Some(retired) = old {
             entry.record_retired(retired);
         }
+        entry.reattach.store(false, Ordering::Release);
         tracing::info!(loadable = %entry.name, version = %new, "swapped in");
         report.serving = Some(new.clone());
         report.outcome = Outcome::Swapped { old: old_info, new };
@@ -236,7 +237,10 @@ fn load(
         let hash = ContentHash::of(&bytes);
         Ok((bytes, hash))
     })?;
-    if let Some(current) = current.filter(|c| mode == Mode::Attach || c.info.hash == hash) {
+    // A changed attach context (an HTTP extension's mount or settings) needs a
+    // new attach even for the same file.
+    let reattach = entry.reattach.load(Ordering::Acquire);
+    if let Some(current) = current.filter(|c| (mode == Mode::Attach || c.info.hash == hash) && !reattach) {
         tracing::info!(version = %current.info, "unchanged");
         return Ok(Loaded::Unchanged(current));
     }

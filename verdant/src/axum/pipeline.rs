@@ -108,11 +108,7 @@ impl Pipeline {
     /// let pipeline = verdant::axum::pipeline(&verdant).routes::<dyn Shop>(|shop| shop.router());
     /// # let _ = pipeline; }
     /// ```
-    pub fn routes<I, F>(self, router: F) -> Self
-    where
-        I: Interface + ?Sized,
-        F: Fn(&I) -> Router + Send + Sync + 'static,
-    {
+    pub fn routes<I: Interface + ?Sized>(self, router: impl Fn(&I) -> Router + Send + Sync + 'static) -> Self {
         let source: RouteSource = Arc::new(move |entry: &Entry| {
             let slot = entry.slot.clone().downcast::<Slot<I>>().ok()?;
             Some(match Handle::new(slot).get() {
@@ -222,6 +218,9 @@ impl Shared {
         let sources = self.sources.read().clone();
         let mut snapshot = Snapshot { fallback: self.fallback.read().clone(), ..Snapshot::default() };
         for entry in inner.entries() {
+            if entry.dormant {
+                continue;
+            }
             if let Ok(slot) = entry.slot.clone().downcast::<Slot<dyn HttpExtension>>() {
                 add_extension(&mut snapshot, &entry, Handle::new(slot));
             } else if let Some(mount) = &entry.mount {
