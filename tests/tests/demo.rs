@@ -33,6 +33,12 @@ fn demo_serves_and_hot_reloads_through_scripts() {
     // calls the 0.1.0 build fresh (a cdylib's file name carries no hash):
     // scripts/demo and scripts/reload must serve what is checked out anyway.
     let agent = http_agent();
+    // The demo's manifest as the repository ships it (a run before this one
+    // may have left an edited copy in the target directory).
+    let manifest = copy_target.join("debug").join("verdant.toml");
+    let shipped =
+        std::fs::read_to_string(workspace.join("demo-app").join("verdant.toml")).expect("the shipped manifest");
+    std::fs::write(&manifest, &shipped).expect("reset the demo's manifest");
 
     let mut demo = Demo::start(&workspace, &copy_target);
     let base = demo.base.clone();
@@ -112,6 +118,33 @@ fn demo_serves_and_hot_reloads_through_scripts() {
     // the newer build that cargo's stale artifact still holds.
     let back = reload_to_version(&workspace, &copy_target, Some(demo.pid), &agent, &base, "0.1.0");
     assert_eq!(back.generation, Some(3), "{back:?}");
+
+    // The manifest: list the request-id extension (the lines the shipped
+    // manifest has commented out), SIGPIPE, and every answer carries a
+    // request id; take it out again and the header is gone.
+    let listed = shipped.replace(
+        "# [[loadable]]\n# name = \"request-id\"\n# path = \"libdemo_request_id.so\"",
+        "[[loadable]]\nname = \"request-id\"\npath = \"libdemo_request_id.so\"",
+    );
+    assert_ne!(listed, shipped, "the shipped manifest lists request-id, commented out");
+    for (text, present) in [(&listed, true), (&shipped, false)] {
+        std::fs::write(&manifest, text).expect("edit the demo's manifest");
+        // SAFETY: kill(2) with a pid we started and a signal number.
+        unsafe { libc::kill(demo.pid as libc::pid_t, libc::SIGPIPE) };
+        let mut hello = None;
+        for _ in 0..60 {
+            let reply = get(&agent, &format!("{base}/shop/hello")).expect("GET /shop/hello after a manifest edit");
+            if reply.request_id.is_some() == present {
+                hello = Some(reply);
+                break;
+            }
+            std::thread::sleep(POLL_PAUSE);
+        }
+        let hello = hello.unwrap_or_else(|| panic!("x-request-id present={present} never held after SIGPIPE"));
+        assert_eq!(hello.status, 200, "{hello:?}");
+        assert_eq!(hello.shop_lib_version.as_deref(), Some("0.1.0"), "the shop is untouched: {hello:?}");
+    }
+    assert!(demo.is_running(), "the demo process survived the manifest edits");
 
     // SIGTERM shuts it down gracefully and removes the pid file.
     let exit = demo.terminate(Duration::from_secs(30));
@@ -417,6 +450,8 @@ struct Reply {
     shop_lib_version: Option<String>,
     /// The `x-verdant-generation` header the host stamps on library answers.
     generation: Option<u64>,
+    /// The `x-request-id` header the request-id extension stamps.
+    request_id: Option<String>,
     body: String,
 }
 
@@ -436,6 +471,7 @@ fn get(agent: &ureq::Agent, url: &str) -> Result<Reply, ureq::Error> {
         .get("x-verdant-generation")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
+    let request_id = response.headers().get("x-request-id").and_then(|value| value.to_str().ok()).map(str::to_owned);
     let body = response.body_mut().read_to_string()?;
-    Ok(Reply { status, shop_lib_version, generation, body })
+    Ok(Reply { status, shop_lib_version, generation, request_id, body })
 }
