@@ -48,6 +48,8 @@
 //! | sync interface method | [`interface`] → [`boundary::call`] | `Err(`[`Panicked`]`)` if it returns `Result<T, E>` with `E: From<Panicked>`, else a host panic carrying [`boundary::LibraryPanic`] |
 //! | `async` interface method: creating, each poll, drop of its future | [`interface`] → [`boundary::guard_future`] | as for a sync method |
 //! | a method returning `axum::Router`: `call`, each poll of a response future, each `poll_frame`/`is_end_stream`/`size_hint` of a body, their drops | [`router::LibraryRouter::new`] | HTTP 500; mid-body, an aborted response |
+//! | an HTTP extension's middleware: the call, each poll and drop of its future, its response body | [`http::Middleware::new`] (`library/middleware.rs`) | HTTP 500; mid-body, an aborted response |
+//! | the other way: library code calling [`http::Next::run`], which is host code | the host made `Next`'s vtable (`host/middleware.rs`): the rest of the pipeline, its future and body run under the **host's** `catch_unwind` | a host panic becomes a 500 answer before it could unwind into library frames |
 //! | tasks of [`spawn`] | each poll enters the runtime; tokio's harness (compiled into the library) catches | the task's `JoinError` |
 //! | the library's `tracing`/`log` calls | forwarded to the host's current dispatcher and logger (`library/logging.rs`) | — (host code runs, see below) |
 //! | allocation | [`allocator`]: the host's global allocator | — |
