@@ -33,24 +33,29 @@ impl LibraryRouter {
     /// }
     /// ```
     pub fn into_router(self, context: &ProxyContext) -> Router {
-        let service = HostRouterService {
-            library: Arc::new(self),
+        let service = HostRouterService(Arc::new(Shared {
+            library: self,
             context: context.clone(),
-            library_pin: context.keep_library_loaded(),
-        };
+            _library_pin: context.keep_library_loaded(),
+        }));
         Router::new().fallback_service(service)
     }
 }
 
 /// Serves requests with a library's router (see [`LibraryRouter::into_router`]).
 ///
-/// Field order matters: the library router (whose drop is library code) is
-/// dropped before the pin that keeps the library loaded.
+/// One `Arc`, because axum clones the service for every request: a clone is
+/// one reference count, not one per field.
 #[derive(Clone)]
-struct HostRouterService {
-    library: Arc<LibraryRouter>,
+struct HostRouterService(Arc<Shared>);
+
+/// What [`HostRouterService`] shares. Field order matters: the library
+/// router (whose drop is library code) is dropped before the pin that
+/// keeps the library loaded.
+struct Shared {
+    library: LibraryRouter,
     context: ProxyContext,
-    library_pin: LibraryPin,
+    _library_pin: LibraryPin,
 }
 
 impl tower::Service<Request<Body>> for HostRouterService {
@@ -65,34 +70,35 @@ impl tower::Service<Request<Body>> for HostRouterService {
     }
 
     fn call(&mut self, request: Request<Body>) -> InFlight {
-        let Some(version) = self.context.pin() else {
+        let shared = &*self.0;
+        let Some(version) = shared.context.pin() else {
             return InFlight::Answered(Some(plain_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "loadable `{}`: this router belongs to a version that was replaced; serve through \
                      verdant::axum::mount, which looks the current version up per request\n",
-                    self.context.loadable()
+                    shared.context.loadable()
                 ),
             )));
         };
         InFlight::Running {
-            future: self.library.service.call(request),
+            future: shared.library.service.call(request),
             version: Some(version),
-            library: self.library_pin.clone(),
-            loadable: self.context.clone(),
+            service: self.clone(),
         }
     }
 }
 
 /// The response future of [`HostRouterService`].
 ///
-/// Field order matters: the library's future is dropped before the pins.
+/// Field order matters: the library's future is dropped before the pin of
+/// its version (which keeps its library loaded too).
 enum InFlight {
     Running {
         future: BoundaryFuture<'static, Response<Body>>,
         version: Option<VersionPin>,
-        library: LibraryPin,
-        loadable: ProxyContext,
+        /// For the loadable's name in a panic's log line.
+        service: HostRouterService,
     },
     Answered(Option<Response<Body>>),
 }
@@ -107,13 +113,15 @@ impl Future for InFlight {
             InFlight::Answered(response) => response.take().unwrap_or_else(|| {
                 plain_response(StatusCode::INTERNAL_SERVER_ERROR, "polled after completion\n".to_owned())
             }),
-            InFlight::Running { future, version, library, loadable } => match future.as_mut().poll(cx) {
+            InFlight::Running { future, version, service } => match future.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(response)) => response
-                    .map(|body| Body::new(PinnedBody { body, version: version.take(), _library: library.clone() })),
+                Poll::Ready(Ok(response)) => {
+                    response.map(|body| Body::new(PinnedBody { body, version: version.take() }))
+                }
                 Poll::Ready(Err(panic)) => {
-                    tracing::error!(loadable = loadable.loadable(), panic = %panic, "a library request handler panicked; answered 500");
-                    internal_error(loadable.loadable())
+                    let loadable = service.0.context.loadable();
+                    tracing::error!(loadable, panic = %panic, "a library request handler panicked; answered 500");
+                    internal_error(loadable)
                 }
             },
         };
@@ -122,15 +130,15 @@ impl Future for InFlight {
 }
 
 /// A library's response body (already guarded library-side), holding its
-/// version pinned until the body ends or is dropped, and its library loaded
-/// until it is dropped.
+/// version pinned (and so its library loaded) until the body ends or is
+/// dropped.
 ///
-/// Field order matters: the body (whose code is the library's) is dropped
-/// before the pins.
+/// Invariant: the library's body is gone before the pin is released. At the
+/// end of the stream `poll_frame` drops it first; a body dropped early goes
+/// first by field order.
 struct PinnedBody {
     body: Body,
     version: Option<VersionPin>,
-    _library: LibraryPin,
 }
 
 impl HttpBody for PinnedBody {
@@ -142,7 +150,9 @@ impl HttpBody for PinnedBody {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(None | Some(Err(_))) = frame {
-            // The body is finished: the version may retire now.
+            // The body is finished: drop the library's body (library code),
+            // then let the version retire. `Body::empty()` does not allocate.
+            this.body = Body::empty();
             this.version = None;
         }
         frame

@@ -28,5 +28,5 @@ mod pipeline;
 
 pub use ::axum::Router;
 pub use mount::{mount, Served};
-pub use pipeline::{pipeline, Pipeline, PipelineLayout};
+pub use pipeline::{pipeline, Pipeline, PipelineFuture, PipelineLayout};
 pub use verdant_loadable::router::LibraryRouter;

@@ -34,12 +34,14 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use ::axum::body::Body;
+use ::axum::http::uri::PathAndQuery;
 use ::axum::http::{Request, Response, StatusCode, Uri};
 use ::axum::Router;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use parking_lot::{Mutex, RwLock};
+use tower::util::Oneshot;
 use verdant_loadable::http::{HttpExtension, Middleware, Next};
 
 use verdant_loadable::__private::{host_panic_text, internal_error, plain_response as text};
@@ -334,18 +336,112 @@ struct Unavailable {
 impl tower::Service<Request<Body>> for Pipeline {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = PipelineFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let snapshot = self.shared.current.load_full();
-        Box::pin(async move {
-            let response = run(snapshot.clone(), 0, request).await;
-            Ok(response.map(|body| Body::new(SnapshotBody { body, snapshot: Some(snapshot) })))
-        })
+    fn call(&mut self, request: Request<Body>) -> PipelineFuture {
+        // The common case, routes without middleware, needs the snapshot only
+        // to pick the route: the route's router pins its own version for the
+        // response (its body holds the pin), so the snapshot is read through
+        // arc-swap's guard, which writes no shared cache line, and the
+        // future is not boxed.
+        let current = self.shared.current.load();
+        if current.stages.is_empty() {
+            return PipelineFuture { stage: Path::Routed { routed: route(&current, request) } };
+        }
+        // Middleware: the response body holds the whole snapshot, so every
+        // version the request went through stays attached until it ends.
+        let snapshot = arc_swap::Guard::into_inner(current);
+        let running = run(snapshot.clone(), 0, request);
+        let running: Running = Box::pin(async move {
+            let response = running.await;
+            response.map(|body| Body::new(SnapshotBody { body, snapshot: Some(snapshot) }))
+        });
+        PipelineFuture { stage: Path::Running { running } }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Pipeline`].
+    pub struct PipelineFuture {
+        #[pin]
+        stage: Path,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = PathProjection]
+    enum Path {
+        // Straight to a route (no middleware).
+        Routed { #[pin] routed: Routed },
+        // Through the middlewares.
+        Running { running: Running },
+    }
+}
+
+impl Future for PipelineFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().stage.project() {
+            PathProjection::Routed { routed } => routed.poll(cx).map(Ok),
+            PathProjection::Running { running } => running.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl std::fmt::Debug for PipelineFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PipelineFuture")
+    }
+}
+
+pin_project_lite::pin_project! {
+    // The last stage of the pipeline, unboxed: a route's router, the
+    // fallback, or an answer of the pipeline's own.
+    #[project = RoutedProjection]
+    enum Routed {
+        // A loadable's routes; `served` goes into the response's extensions.
+        Route { #[pin] call: Oneshot<Router, Request<Body>>, served: Option<Served> },
+        // The host's fallback.
+        Fallback { #[pin] call: Oneshot<Router, Request<Body>> },
+        // A 404 or 503 of the pipeline's own.
+        Answered { response: Option<Response<Body>> },
+    }
+}
+
+impl Future for Routed {
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        match self.project() {
+            RoutedProjection::Route { call, served } => {
+                let mut response = match std::task::ready!(call.poll(cx)) {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                if let Some(served) = served.take() {
+                    response.extensions_mut().insert(served);
+                }
+                Poll::Ready(response)
+            }
+            RoutedProjection::Fallback { call } => match std::task::ready!(call.poll(cx)) {
+                Ok(response) => Poll::Ready(response),
+                Err(never) => match never {},
+            },
+            RoutedProjection::Answered { response } => Poll::Ready(response.take().unwrap_or_else(|| {
+                text(StatusCode::INTERNAL_SERVER_ERROR, "the pipeline was polled after it answered\n".to_owned())
+            })),
+        }
+    }
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Routed")
     }
 }
 
@@ -354,7 +450,7 @@ type Running = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 /// Runs the pipeline from stage `index` on.
 fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running {
     let Some(stage) = snapshot.stages.get(index) else {
-        return route(&snapshot, request);
+        return Box::pin(route(&snapshot, request));
     };
     // The host's extensions stay on this side: the library gets a request
     // without them, and `next` puts them back before the rest runs. Those
@@ -394,42 +490,25 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
 }
 
 /// The last stage: the route whose mount matches, else the fallback.
-fn route(snapshot: &Snapshot, request: Request<Body>) -> Running {
+fn route(snapshot: &Snapshot, request: Request<Body>) -> Routed {
     let path = request.uri().path();
     if let Some(route) = snapshot.routes.iter().find(|route| under(path, &route.mount)) {
         let request = strip(request, route.mount.len());
-        let router = route.router.clone();
-        let served = route.served.clone();
-        return Box::pin(async move {
-            let mut response = match tower::ServiceExt::oneshot(router, request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            response.extensions_mut().insert(served);
-            response
-        });
+        return Routed::Route {
+            call: tower::ServiceExt::oneshot(route.router.clone(), request),
+            served: Some(route.served.clone()),
+        };
     }
     if let Some(down) = snapshot.unavailable.iter().find(|down| under(path, &down.mount)) {
         let answer = text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("loadable `{}` is not serving: {}\n", down.name, down.reason),
         );
-        return Box::pin(std::future::ready(answer));
+        return Routed::Answered { response: Some(answer) };
     }
     match &snapshot.fallback {
-        Some(fallback) => {
-            let fallback = fallback.clone();
-            Box::pin(async move {
-                match tower::ServiceExt::oneshot(fallback, request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            })
-        }
-        None => {
-            let answer = text(StatusCode::NOT_FOUND, format!("no route for `{path}`\n"));
-            Box::pin(std::future::ready(answer))
-        }
+        Some(fallback) => Routed::Fallback { call: tower::ServiceExt::oneshot(fallback.clone(), request) },
+        None => Routed::Answered { response: Some(text(StatusCode::NOT_FOUND, format!("no route for `{path}`\n"))) },
     }
 }
 
@@ -448,13 +527,12 @@ fn strip(request: Request<Body>, prefix: usize) -> Request<Body> {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_owned(),
     };
-    let mut uri = parts.uri.clone().into_parts();
+    // `try_from(String)` takes the buffer over: one allocation per request.
     // A path that was valid stays valid without its prefix.
-    if let Ok(path_and_query) = path_and_query.parse() {
+    if let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.path_and_query = Some(path_and_query);
-        if let Ok(stripped) = Uri::from_parts(uri) {
-            parts.uri = stripped;
-        }
+        parts.uri = Uri::from_parts(uri).unwrap_or_default();
     }
     Request::from_parts(parts, body)
 }
