@@ -23,6 +23,12 @@
 //!   for both; a design that writes a shared reference count per call
 //!   bounces that cache line between the cores (entering the runtime around
 //!   every call did: 74 ns here before it became once per thread).
+//!   `two_threads/arc_dyn` (both threads call through one shared
+//!   `Arc<dyn Probe>`) is the floor there, `arc_clone_call` the cost of a
+//!   shared reference count.
+//!
+//! `scripts/bench` prints the ratios of `verdant_get_call` to `arc_dyn`, on
+//! one thread and on two.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -173,6 +179,13 @@ fn two_threads(c: &mut Criterion) {
     let shared: Arc<dyn Probe> = Arc::new(Local);
 
     let mut group = c.benchmark_group("two_threads");
+    group.bench_function("arc_dyn", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(black_box(&shared).version());
+            })
+        })
+    });
     group.bench_function("arc_clone_call", |b| {
         b.iter_custom(|iters| {
             on_two_threads(iters, || {
