@@ -133,6 +133,7 @@ mod handoff;
 mod loader;
 pub mod manifest;
 mod manifest_diff;
+mod pin_cache;
 mod private_dir;
 mod registry;
 mod report;
