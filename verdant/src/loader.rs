@@ -71,7 +71,10 @@ pub(crate) trait Stages: Send + Sync {
 /// it); a file rewritten with the same bytes is read, hashed and found
 /// `Unchanged`. The stamp is taken before the bytes are read, so a write
 /// that races the read leaves a stamp older than the content, and the next
-/// reload reads again.
+/// reload reads again. A file changed less than a second before it was read
+/// gets no stamp: a kernel that stamps writes with a coarse clock (a tick of
+/// a few ms, before multigrain timestamps) could give an in-place rewrite of
+/// the same size in that tick the very same times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileStamp {
     dev: u64,
@@ -92,6 +95,13 @@ impl FileStamp {
             changed: (metadata.ctime(), metadata.ctime_nsec()),
         }
     }
+
+    /// Whether the file last changed more than a second ago (see above).
+    fn settled(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let changed = u64::try_from(self.changed.0).unwrap_or(0);
+        now.as_secs() > changed.saturating_add(1)
+    }
 }
 
 /// What [`Stages::read`] found.
@@ -99,8 +109,9 @@ impl FileStamp {
 pub(crate) enum Artifact {
     /// The stamp equals the serving version's: not read.
     Same,
-    /// Another file, or the same one changed: its stamp and bytes.
-    Read { stamp: FileStamp, bytes: Vec<u8> },
+    /// Another file, or the same one changed: its bytes, and its stamp
+    /// unless it changed too recently to tell the next change by it.
+    Read { stamp: Option<FileStamp>, bytes: Vec<u8> },
 }
 
 /// Copies whose unloaded tail (debug sections, symbol tables, section
@@ -136,7 +147,7 @@ impl Stages for System {
         // of the file needs no second allocation (as `std::fs::read`).
         let mut bytes = Vec::with_capacity(usize::try_from(stamp.size).unwrap_or(0).saturating_add(1));
         file.read_to_end(&mut bytes).map_err(error)?;
-        Ok(Artifact::Read { stamp, bytes })
+        Ok(Artifact::Read { stamp: stamp.settled().then_some(stamp), bytes })
     }
 
     fn copy(&self, dir: &Path, file_name: &str, bytes: Vec<u8>, loaded: usize) -> Result<PrivateCopy, LoadError> {

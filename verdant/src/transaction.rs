@@ -254,9 +254,13 @@ fn load(
         return Ok(Loaded::Unchanged(current));
     };
     if let Some(current) = keep(&current).filter(|c| mode == Mode::Attach || c.info.hash == hash) {
-        // The same bytes in another file, or a file written again: the next
-        // reload need not read it.
-        *current.stamp.lock() = Some(stamp);
+        if current.info.hash == hash {
+            // The same bytes in another file, or a file written again: the
+            // next reload need not read it. (An attach keeps a serving
+            // version whatever the file holds; its stamp stays, so that the
+            // next reload reads the new file.)
+            *current.stamp.lock() = stamp;
+        }
         tracing::info!(version = %current.info, "unchanged");
         return Ok(Loaded::Unchanged(current));
     }
@@ -290,7 +294,7 @@ fn load(
             loaded_at: SystemTime::now(),
         },
         copy: copy_path,
-        stamp: Mutex::new(Some(stamp)),
+        stamp: Mutex::new(stamp),
         retired_at: Mutex::new(None),
         detach: Mutex::new(DetachState::Pending),
         library: std::sync::OnceLock::new(),
