@@ -12,6 +12,9 @@
 //!   through the host proxy and the library's panic guard.
 //! - `verdant_pinned_call`: a call on an already pinned version (the cost of
 //!   the proxy and guard alone).
+//! - `verdant_get_only`: `handle.get()` and the drop of its pin, no call:
+//!   what pinning costs (`verdant_get_call` is about this plus
+//!   `verdant_pinned_call`).
 //! - `verdant_get_call_runtime`: the same, from a registry with a tokio
 //!   runtime, which library code must find (docs/boundary.md §2): each thread
 //!   enters it once, on its first call (see verdant's `runtime.rs`).
@@ -23,6 +26,12 @@
 //!   for both; a design that writes a shared reference count per call
 //!   bounces that cache line between the cores (entering the runtime around
 //!   every call did: 74 ns here before it became once per thread).
+//!   `two_threads/arc_dyn` (both threads call through one shared
+//!   `Arc<dyn Probe>`) is the floor there, `arc_clone_call` the cost of a
+//!   shared reference count.
+//!
+//! `scripts/bench` prints the ratios of `verdant_get_call` to `arc_dyn`, on
+//! one thread and on two.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -149,6 +158,7 @@ fn single_thread(c: &mut Criterion) {
         })
     });
     group.bench_function("verdant_get_call", |b| b.iter(|| black_box(&handle).get().map(|p| p.version())));
+    group.bench_function("verdant_get_only", |b| b.iter(|| black_box(black_box(&handle).get().is_ok())));
     let pinned = handle.get().expect("attached");
     group.bench_function("verdant_pinned_call", |b| b.iter(|| black_box(&pinned).version()));
     let runtime = runtime();
@@ -173,6 +183,13 @@ fn two_threads(c: &mut Criterion) {
     let shared: Arc<dyn Probe> = Arc::new(Local);
 
     let mut group = c.benchmark_group("two_threads");
+    group.bench_function("arc_dyn", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(black_box(&shared).version());
+            })
+        })
+    });
     group.bench_function("arc_clone_call", |b| {
         b.iter_custom(|iters| {
             on_two_threads(iters, || {
@@ -185,6 +202,13 @@ fn two_threads(c: &mut Criterion) {
         b.iter_custom(|iters| {
             on_two_threads(iters, || {
                 let _ = black_box(handle.get().map(|p| p.version()));
+            })
+        })
+    });
+    group.bench_function("verdant_get_only", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(handle.get().is_ok());
             })
         })
     });

@@ -428,3 +428,169 @@ fn calls_from_many_threads_never_fail_across_reloads_and_every_instance_detaches
         started.elapsed()
     );
 }
+
+/// `Handle::get` caches the serving version per thread (verdant's
+/// `pin_cache.rs`). Once `reload()` returned, no `get()` may serve the old
+/// version on any thread: threads that call all the time (warm caches), some
+/// of them holding a pin across each reload (a busy cache entry), read the
+/// generation the main thread published after each reload returned, then
+/// call `get()`, which must serve that generation or a newer one.
+#[test]
+fn a_get_after_reload_returned_never_serves_the_old_version_on_any_thread() {
+    const THREADS: usize = 4;
+    const RELOADS: u64 = 20;
+    const CYCLE: [&str; 3] = ["good-v1", "good-v2", "good-v3"];
+    let artifact = Artifact::new("good-v1");
+    let (verdant, _shared, probe) = attached(&artifact);
+
+    // The generation of the last reload that returned.
+    let returned = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    let barrier = Arc::new(Barrier::new(THREADS + 1));
+    let callers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (probe, returned, stop, barrier) = (probe.clone(), returned.clone(), stop.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut stale = Vec::new();
+                let mut calls = 0u64;
+                // Odd threads keep one pin alive across whatever reloads
+                // happen while they make 1000 calls.
+                let mut held = None;
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) && calls < 1_000_000_000 {
+                    calls += 1;
+                    let published = returned.load(Ordering::Acquire);
+                    let pinned = probe.get().expect("get");
+                    if pinned.generation() < published {
+                        stale.push((published, pinned.generation()));
+                    }
+                    if pinned.version() != version_of_generation(pinned.generation()) {
+                        stale.push((published, u64::MAX));
+                    }
+                    if t % 2 == 1 && calls.is_multiple_of(1000) {
+                        held = Some(pinned);
+                    }
+                }
+                drop(held);
+                (stale, calls)
+            })
+        })
+        .collect();
+
+    barrier.wait();
+    for k in 1..=RELOADS {
+        // Let every thread call for a while on the serving version.
+        std::thread::sleep(Duration::from_millis(5));
+        artifact.install(CYCLE[(k % 3) as usize]);
+        let report = verdant.reload_blocking(None).unwrap_or_else(|e| panic!("reload {k}: {e}"));
+        assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+        returned.store(report.generation, Ordering::Release);
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    stop.store(true, Ordering::Relaxed);
+    for (t, caller) in callers.into_iter().enumerate() {
+        let (stale, calls) = caller.join().expect("caller thread");
+        assert!(
+            stale.is_empty(),
+            "thread {t}: {} of {calls} calls after a reload got an older generation: {:?}",
+            stale.len(),
+            &stale[..stale.len().min(10)]
+        );
+        assert!(calls > RELOADS, "thread {t} made {calls} calls");
+    }
+}
+
+/// Waits until instance `instance` (the generation that attached it) is
+/// detached, panicking with the registry's status if it never is.
+fn until_detached(verdant: &verdant::Verdant, shared: &Shared, instance: u64, what: &str) {
+    poll_until(verdant, what, || detaches_of(shared, instance) == 1);
+}
+
+/// A thread that called `get()` and then went idle must not keep the
+/// version it cached from detaching after a reload retires it; nor may a
+/// thread whose pin spanned the reload once that pin is dropped, on its own
+/// thread or on another one (a `Pinned` moved across an `.await`).
+#[test]
+fn an_idle_threads_cache_never_keeps_a_retired_version_from_detaching() {
+    let artifact = Artifact::new("good-v1");
+    let (verdant, shared, probe) = attached(&artifact);
+
+    // Three threads cache generation 1 and stay alive: one idle with
+    // nothing pinned, one holding a pin that it drops itself after the
+    // reload, one that hands its pin to the main thread.
+    let (idle_done, idle_wait) = mpsc::channel::<()>();
+    let (holder_drop, holder_wait) = mpsc::channel::<()>();
+    let (ready, cached) = mpsc::channel::<Option<verdant::Pinned<dyn Probe>>>();
+    let idle = {
+        let (probe, ready) = (probe.clone(), ready.clone());
+        std::thread::spawn(move || {
+            assert_eq!(probe.get().expect("get").generation(), 1);
+            ready.send(None).unwrap();
+            idle_wait.recv().ok(); // idle until the test ends
+        })
+    };
+    let holder = {
+        let (probe, ready) = (probe.clone(), ready.clone());
+        std::thread::spawn(move || {
+            let pinned = probe.get().expect("get");
+            assert_eq!(pinned.generation(), 1);
+            ready.send(None).unwrap();
+            holder_wait.recv().unwrap();
+            drop(pinned);
+            holder_wait.recv().ok(); // then idle until the test ends
+        })
+    };
+    let (sender_done, sender_wait) = mpsc::channel::<()>();
+    let sender = {
+        let (probe, ready) = (probe.clone(), ready.clone());
+        std::thread::spawn(move || {
+            let pinned = probe.get().expect("get");
+            ready.send(Some(pinned)).unwrap();
+            sender_wait.recv().ok(); // idle until the test ends
+        })
+    };
+    let mut moved = None;
+    for _ in 0..3 {
+        if let Some(pinned) = cached.recv().unwrap() {
+            moved = Some(pinned);
+        }
+    }
+    let moved = moved.expect("the sender's pin");
+    assert_eq!(moved.generation(), 1);
+
+    artifact.install("good-v2");
+    let report = verdant.reload_blocking(None).expect("reload to v2");
+    assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+    assert_eq!(probe.get().unwrap().generation(), 2);
+    // Two pins of generation 1 are alive: no detach yet.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(detaches_of(&shared, 1), 0, "v1 detached while pinned: {:?}", shared.detached());
+
+    holder_drop.send(()).unwrap();
+    drop(moved); // on the main thread, not the one whose cache pinned it
+    until_detached(&verdant, &shared, 1, "v1 detached once its last pin was dropped, with three threads idle");
+
+    // Once more with a fresh thread that cached generation 2 and went idle
+    // (the main thread cached it too).
+    let warm = {
+        let probe = probe.clone();
+        let (done, wait) = mpsc::channel::<()>();
+        let (ready, is_ready) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            assert_eq!(probe.get().expect("get").generation(), 2);
+            ready.send(()).unwrap();
+            wait.recv().ok();
+        });
+        is_ready.recv().unwrap();
+        (done, thread)
+    };
+    artifact.install("good-v3");
+    verdant.reload_blocking(None).expect("reload to v3");
+    until_detached(&verdant, &shared, 2, "v2 detached with an idle thread that had cached it");
+
+    drop((idle_done, holder_drop, sender_done, warm.0));
+    for thread in [idle, holder, sender, warm.1] {
+        thread.join().expect("helper thread");
+    }
+}

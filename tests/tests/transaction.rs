@@ -144,6 +144,34 @@ fn an_unchanged_file_is_not_reloaded() {
     assert!(verdant.status().loadables[0].retired.is_empty());
 }
 
+/// A reload reads a file only when its stamp (inode, size, modification and
+/// change times) differs from the serving version's; a file rewritten in
+/// place, same inode and same size, is read again and swapped.
+#[test]
+fn a_file_is_read_only_when_its_stamp_changed_and_an_in_place_rewrite_is_seen() {
+    let artifact = Artifact::new("good-v1");
+    let (verdant, _shared, probe) = attached(&artifact);
+
+    // Untouched: not read, nothing hashed (the read step is one fstat).
+    let report = verdant.reload_blocking(Some("probe")).unwrap();
+    assert!(matches!(report.outcome("probe"), Some(Outcome::Unchanged { .. })), "{report}");
+
+    // good-v2 has exactly good-v1's size: written over the same inode, only
+    // the change and modification times tell the difference.
+    let v2 = std::fs::read(verdant_tests::fixture("good-v2")).unwrap();
+    assert_eq!(v2.len() as u64, std::fs::metadata(artifact.path()).unwrap().len(), "the fixtures' sizes differ");
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(artifact.path()).unwrap());
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().write(true).open(artifact.path()).unwrap();
+        file.write_all(&v2).unwrap();
+    }
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(artifact.path()).unwrap()), inode);
+    let report = verdant.reload_blocking(Some("probe")).unwrap();
+    assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+    assert_eq!(probe.get().unwrap().version(), 2);
+}
+
 #[test]
 fn a_changed_file_is_swapped_with_every_step_timed() {
     let artifact = Artifact::new("good-v1");

@@ -41,10 +41,14 @@ const HOST_MACHINE: u16 = if cfg!(target_arch = "x86_64") {
     elf::EM_NONE // unknown target: the machine check is skipped
 };
 
-/// Checks `bytes`, the private copy's content.
+/// Checks `bytes`, the private copy's content, and returns how many of its
+/// first bytes `dlopen` needs: the ELF header, the program header table and
+/// every segment (`PT_LOAD` and the others, which lie inside them) end
+/// within them. The rest is section data that only debuggers and backtraces
+/// read, by the file's name (see `loader::write_copy`).
 // ELF words are u32 on 32-bit targets; the conversions are not useless there.
 #[allow(clippy::useless_conversion)]
-pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
+pub(crate) fn validate(bytes: &[u8]) -> Result<usize, LoadError> {
     if bytes.is_empty() {
         return Err(LoadError::Empty);
     }
@@ -80,12 +84,19 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     }
 
     let len = bytes.len() as u64;
+    // The header and the program header table (inside the file once
+    // `program_headers` below parsed it), then every segment.
+    let mut loaded = u64::from(header.e_phoff(endian))
+        .saturating_add(u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian)))
+        .max(std::mem::size_of::<Header>() as u64);
     let segments =
         header.program_headers(endian, bytes).map_err(|e| truncated_or_malformed(bytes, "program header table", e))?;
     if segments.is_empty() {
         return Err(LoadError::Malformed { detail: "no program headers".to_owned() });
     }
     for (index, segment) in segments.iter().enumerate() {
+        let segment_end = u64::from(segment.p_offset(endian)).saturating_add(segment.p_filesz(endian).into());
+        loaded = loaded.max(segment_end);
         if segment.p_type(endian) != elf::PT_LOAD {
             continue;
         }
@@ -100,6 +111,9 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
             });
         }
     }
+    // A segment other than PT_LOAD may claim bytes past the end (dlopen
+    // never reads those from the file); the copy holds at most the file.
+    let loaded = usize::try_from(loaded.min(len)).unwrap_or(bytes.len());
 
     let sections =
         header.sections(endian, bytes).map_err(|e| truncated_or_malformed(bytes, "section header table", e))?;
@@ -119,7 +133,7 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     }
     match descriptors.as_slice() {
         [] => Err(LoadError::NotVerdant { symbol: descriptor::SYMBOL }),
-        [only] if only == descriptor::SYMBOL => Ok(()),
+        [only] if only == descriptor::SYMBOL => Ok(loaded),
         _ => Err(LoadError::DescriptorMismatch { found: descriptors, expected: descriptor::SYMBOL }),
     }
 }
@@ -183,6 +197,48 @@ mod tests {
         assert!(matches!(validate(&libc), Err(LoadError::NotVerdant { .. })), "{:?}", validate(&libc));
         let error = validate(&libc[..libc.len() / 3]).unwrap_err();
         assert!(matches!(error, LoadError::Truncated { .. }), "{error:?}");
+    }
+
+    #[test]
+    #[allow(clippy::useless_conversion)] // u32 words on 32-bit targets
+    fn the_loaded_part_ends_with_the_last_segment_not_the_debug_sections() {
+        // A debug fixture built beside this test binary: line tables make it
+        // about ten times larger than what dlopen maps.
+        let exe = std::env::current_exe().expect("own path");
+        let dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>");
+        let bytes = std::fs::read(dir.join("libfixture_good_v1.so")).expect("run `cargo build --workspace` first");
+        let loaded = validate(&bytes).expect("a valid library");
+        let header = Header::parse(&*bytes).unwrap();
+        let endian = header.endian().unwrap();
+        let last_segment_end = header
+            .program_headers(endian, &*bytes)
+            .unwrap()
+            .iter()
+            .map(|s| u64::from(s.p_offset(endian)) + u64::from(s.p_filesz(endian)))
+            .max()
+            .unwrap();
+        assert_eq!(loaded as u64, last_segment_end.min(bytes.len() as u64));
+        if cfg!(debug_assertions) {
+            assert!(loaded < bytes.len() / 2, "{loaded} of {} bytes", bytes.len());
+        }
+        // The truncated file still holds every segment.
+        assert_eq!(validate_segments_only(&bytes[..loaded]), Ok(()));
+    }
+
+    /// The segment part of the checks on a copy cut after its segments (its
+    /// section headers are gone, so the whole check does not apply).
+    #[allow(clippy::useless_conversion)] // u32 words on 32-bit targets
+    fn validate_segments_only(bytes: &[u8]) -> Result<(), String> {
+        let header = Header::parse(bytes).map_err(|e| e.to_string())?;
+        let endian = header.endian().map_err(|e| e.to_string())?;
+        for segment in header.program_headers(endian, bytes).map_err(|e| e.to_string())? {
+            if segment.p_type(endian) == elf::PT_LOAD
+                && u64::from(segment.p_offset(endian)) + u64::from(segment.p_filesz(endian)) > bytes.len() as u64
+            {
+                return Err("a segment past the end".to_owned());
+            }
+        }
+        Ok(())
     }
 
     #[test]

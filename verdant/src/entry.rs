@@ -284,7 +284,7 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
 
     fn revoke(&self) -> Option<Retired> {
         self.slot.revoked.store(true, std::sync::atomic::Ordering::Release);
-        self.slot.current.swap(None).map(retire)
+        self.slot.store(None).map(retire)
     }
 
     fn reinstate(&self) {
@@ -303,10 +303,9 @@ impl<I: Interface + ?Sized> Prepared for PreparedVersion<I> {
     }
 
     fn commit(self: Box<Self>) -> Option<Retired> {
-        // `swap` returns only after every reader that loaded the old version
-        // through a debt slot has had its debt paid, so from here on the old
-        // version's strong count is its exact number of pins (plus ours).
-        self.slot.current.swap(Some(self.version)).map(retire)
+        // From here on the old version's strong count counts its pins (see
+        // `Slot::store`), plus ours.
+        self.slot.store(Some(self.version)).map(retire)
     }
 }
 

@@ -17,7 +17,8 @@ use crate::Panicked;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Step {
-    /// Reading the built artifact and hashing it.
+    /// Reading the built artifact and hashing it; only its `fstat` when
+    /// its inode, size and times are the serving version's.
     Read,
     /// Checking the bytes that will be the private copy: a complete shared
     /// object for this machine that defines exactly one Verdant descriptor.

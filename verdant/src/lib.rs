@@ -70,8 +70,9 @@
 //!
 //! # A reload is a transaction per loadable
 //!
-//! For every selected loadable: **read** the artifact (unchanged content is
-//! reported `Unchanged` and skipped), **validate** it as an ELF shared object
+//! For every selected loadable: **read** the artifact (a file whose inode,
+//! size and times are those of the serving version's is not read at all;
+//! unchanged content is reported `Unchanged` and skipped), **validate** it as an ELF shared object
 //! for this machine with every segment inside the file and exactly one
 //! Verdant descriptor, **copy** it to a private 0700 directory under a
 //! unique name, **open** the copy (`dlopen`) and check the descriptor's
@@ -133,6 +134,7 @@ mod handoff;
 mod loader;
 pub mod manifest;
 mod manifest_diff;
+mod pin_cache;
 mod private_dir;
 mod registry;
 mod report;

@@ -46,15 +46,78 @@ use crate::report::ContentHash;
 /// unit test can make exactly one of them fail.
 #[cfg_attr(test, mockall::automock)]
 pub(crate) trait Stages: Send + Sync {
-    /// [`Step::Read`](crate::Step::Read): the artifact's bytes.
-    fn read(&self, path: &Path) -> Result<Vec<u8>, LoadError>;
-    /// [`Step::Copy`](crate::Step::Copy): writes the private copy.
-    fn copy(&self, dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PrivateCopy, LoadError>;
-    /// [`Step::Validate`](crate::Step::Validate): checks the copy's bytes.
-    fn validate(&self, bytes: &[u8]) -> Result<(), LoadError>;
+    /// [`Step::Read`](crate::Step::Read): the artifact's stamp, and its
+    /// bytes unless the stamp equals `serving` (the serving version's).
+    fn read(&self, path: &Path, serving: Option<FileStamp>) -> Result<Artifact, LoadError>;
+    /// [`Step::Copy`](crate::Step::Copy): writes the private copy; the
+    /// first `loaded` bytes before it returns (see [`Stages::validate`]).
+    fn copy(&self, dir: &Path, file_name: &str, bytes: Vec<u8>, loaded: usize) -> Result<PrivateCopy, LoadError>;
+    /// [`Step::Validate`](crate::Step::Validate): checks the copy's bytes
+    /// and returns how many of them `dlopen` reads or maps (`elf.rs`).
+    fn validate(&self, bytes: &[u8]) -> Result<usize, LoadError>;
     /// [`Step::Open`](crate::Step::Open): `dlopen` and the descriptor header.
     fn open(&self, copy: PrivateCopy) -> Result<LoadedLibrary, LoadError>;
 }
+
+/// What identifies an artifact's content without reading it: its inode,
+/// size, and modification and change times (nanoseconds), from `fstat` of
+/// the descriptor the bytes are then read from.
+///
+/// A reload compares the artifact's stamp with the serving version's and
+/// reads and hashes the file only when they differ; most reloads of a
+/// service with several loadables change one of them. Whatever writes the
+/// file changes its change time (which no one can set, short of changing the
+/// system clock) or its inode (a linker that writes a new file and renames
+/// it); a file rewritten with the same bytes is read, hashed and found
+/// `Unchanged`. The stamp is taken before the bytes are read, so a write
+/// that races the read leaves a stamp older than the content, and the next
+/// reload reads again. A file changed less than a second before it was read
+/// gets no stamp: a kernel that stamps writes with a coarse clock (a tick of
+/// a few ms, before multigrain timestamps) could give an in-place rewrite of
+/// the same size in that tick the very same times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(metadata: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file last changed more than a second ago (see above).
+    fn settled(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let changed = u64::try_from(self.changed.0).unwrap_or(0);
+        now.as_secs() > changed.saturating_add(1)
+    }
+}
+
+/// What [`Stages::read`] found.
+#[derive(Debug)]
+pub(crate) enum Artifact {
+    /// The stamp equals the serving version's: not read.
+    Same,
+    /// Another file, or the same one changed: its bytes, and its stamp
+    /// unless it changed too recently to tell the next change by it.
+    Read { stamp: Option<FileStamp>, bytes: Vec<u8> },
+}
+
+/// Copies whose unloaded tail (debug sections, symbol tables, section
+/// headers: everything past the last loaded segment) is at least this long
+/// write it after the load instead of before (see [`write_copy`]).
+const DEFERRED_TAIL: usize = 256 * 1024;
 
 /// A private copy as [`Stages::copy`] wrote it.
 #[derive(Debug)]
@@ -71,24 +134,71 @@ pub(crate) struct PrivateCopy {
 pub(crate) struct System;
 
 impl Stages for System {
-    fn read(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
-        std::fs::read(path).map_err(|e| LoadError::Read { source: Arc::new(e) })
+    fn read(&self, path: &Path, serving: Option<FileStamp>) -> Result<Artifact, LoadError> {
+        use std::io::Read;
+        let error = |e| LoadError::Read { source: Arc::new(e) };
+        // One descriptor for the stamp and the bytes: both are of one inode.
+        let mut file = File::open(path).map_err(error)?;
+        let stamp = FileStamp::of(&file.metadata().map_err(error)?);
+        if serving == Some(stamp) {
+            return Ok(Artifact::Same);
+        }
+        // One byte more than the size, so that the read that finds the end
+        // of the file needs no second allocation (as `std::fs::read`).
+        let mut bytes = Vec::with_capacity(usize::try_from(stamp.size).unwrap_or(0).saturating_add(1));
+        file.read_to_end(&mut bytes).map_err(error)?;
+        Ok(Artifact::Read { stamp: stamp.settled().then_some(stamp), bytes })
     }
 
-    fn copy(&self, dir: &Path, file_name: &str, bytes: &[u8]) -> Result<PrivateCopy, LoadError> {
+    fn copy(&self, dir: &Path, file_name: &str, bytes: Vec<u8>, loaded: usize) -> Result<PrivateCopy, LoadError> {
         let path = dir.join(file_name);
-        let file = crate::private_dir::write_file(&path, bytes)
+        let file = write_copy(&path, bytes, loaded)
             .map_err(|e| LoadError::Copy { copy: path.clone(), source: Arc::new(e) })?;
         Ok(PrivateCopy { path, file })
     }
 
-    fn validate(&self, bytes: &[u8]) -> Result<(), LoadError> {
+    fn validate(&self, bytes: &[u8]) -> Result<usize, LoadError> {
         crate::elf::validate(bytes)
     }
 
     fn open(&self, copy: PrivateCopy) -> Result<LoadedLibrary, LoadError> {
         LoadedLibrary::open(copy)
     }
+}
+
+/// Writes the private copy of `bytes` at `path`; returns a read-only
+/// descriptor of it.
+///
+/// `dlopen` reads the headers and maps the loaded segments, all within the
+/// first `loaded` bytes (`elf::validate`); of a debug build, that is a tenth
+/// of the file (8.7 MB fixture: 750 KB), the rest being debug sections that
+/// only debuggers and backtraces read, by the copy's name. Writing them took
+/// most of a debug reload's time (15 MB: up to 35 ms). So a long tail is
+/// written after the copy is returned, by a thread of its own, at its
+/// offset, through a second descriptor of the same inode: the load waits
+/// only for the part it maps, and the copy is whole a few milliseconds later.
+/// The bytes written and the bytes validated are still the same bytes; the
+/// tail is never mapped, so the pages `dlopen` maps are complete when it
+/// runs. The cost: a backtrace taken in those milliseconds (a panic in the
+/// attach hook, say) finds no file and line for the library's frames.
+/// A tail that cannot be written is logged and cut off (`set_len`), so the
+/// copy stays a valid shared object without debug information.
+fn write_copy(path: &Path, bytes: Vec<u8>, loaded: usize) -> std::io::Result<File> {
+    let loaded = loaded.min(bytes.len());
+    if bytes.len() - loaded < DEFERRED_TAIL {
+        return crate::private_dir::write_file(path, &bytes, false).map(|(file, _)| file);
+    }
+    let (file, writable) = crate::private_dir::write_file(path, &bytes[..loaded], true)?;
+    let Some(writable) = writable else { return Ok(file) };
+    let tail_path = path.to_owned();
+    std::thread::Builder::new().name("verdant-copy-tail".to_owned()).spawn(move || {
+        use std::os::unix::fs::FileExt;
+        if let Err(error) = writable.write_all_at(&bytes[loaded..], loaded as u64) {
+            tracing::warn!(copy = %tail_path.display(), %error, "cannot write the debug sections of a library copy; backtraces through it will lack them");
+            let _ = writable.set_len(loaded as u64);
+        }
+    })?;
+    Ok(file)
 }
 
 /// What a library's descriptor says about its build.
@@ -371,7 +481,7 @@ mod tests {
 
     /// Writes `bytes` as copy `name` in `dir`, the way the pipeline does.
     fn copy(dir: &Path, name: &str, bytes: &[u8]) -> PrivateCopy {
-        System.copy(dir, name, bytes).expect("write the copy")
+        System.copy(dir, name, bytes.to_vec(), bytes.len()).expect("write the copy")
     }
 
     /// The inodes of the files this process maps, from `/proc/self/maps`.
@@ -402,6 +512,29 @@ mod tests {
         let library = System.open(written).expect("open the copy");
         assert_eq!(library.identity().package, "fixture-good-v1", "the library at the path was loaded instead");
         assert!(mapped_inodes().contains(&inode), "the inode that was written (and validated) is mapped");
+    }
+
+    #[test]
+    fn a_copy_is_opened_before_its_debug_sections_are_written_and_ends_up_whole() {
+        let bytes = fixture_bytes("good_v1");
+        let loaded = crate::elf::validate(&bytes).expect("a valid library");
+        assert!(loaded <= bytes.len());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let written =
+            System.copy(dir.path(), "probe-1-000000000001.so", bytes.clone(), loaded).expect("write the copy");
+        let path = written.path.clone();
+        let library = System.open(written).expect("open the copy before its tail is written");
+        assert_eq!(library.identity().package, "fixture-good-v1");
+        // The tail is written on a thread of its own; soon the copy is the
+        // whole file (for debuggers and backtraces).
+        let whole = (0..400).any(|_| {
+            if std::fs::read(&path).is_ok_and(|copy| copy == bytes) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            false
+        });
+        assert!(whole, "the copy never became whole");
     }
 
     #[test]

@@ -21,13 +21,15 @@ fn stages_failing_at(fail: Step, error: LoadError) -> MockStages {
     let error = Arc::new(error);
     let at = move |step: Step| -> Option<LoadError> { (step == fail).then(|| (*error).clone()) };
     let read_at = at.clone();
-    mock.expect_read().returning(move |path| read_at(Step::Read).map_or_else(|| System.read(path), Err));
+    mock.expect_read()
+        .returning(move |path, serving| read_at(Step::Read).map_or_else(|| System.read(path, serving), Err));
     let validate_at = at.clone();
     mock.expect_validate()
         .returning(move |bytes| validate_at(Step::Validate).map_or_else(|| System.validate(bytes), Err));
     let copy_at = at.clone();
-    mock.expect_copy()
-        .returning(move |dir, name, bytes| copy_at(Step::Copy).map_or_else(|| System.copy(dir, name, bytes), Err));
+    mock.expect_copy().returning(move |dir, name, bytes, loaded| {
+        copy_at(Step::Copy).map_or_else(|| System.copy(dir, name, bytes, loaded), Err)
+    });
     mock.expect_open().returning(move |copy| at(Step::Open).map_or_else(|| System.open(copy), Err));
     mock
 }

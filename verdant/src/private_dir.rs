@@ -133,9 +133,14 @@ fn try_lock(file: &File) -> io::Result<bool> {
 }
 
 /// Writes `bytes` to a new file at `path`, a fresh inode per version, and
-/// returns a read-only descriptor of that inode. A failed write removes
-/// what it wrote.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<File> {
+/// returns a read-only descriptor of that inode, and with `more`, the
+/// writable one too, for a caller that writes the rest of the file later.
+/// A failed write removes what it wrote.
+///
+/// The file is written with one `write` (std's `write_all` loops only on a
+/// short write) and never synced: a private copy must survive no crash, only
+/// be complete for this process, and the page cache gives it that.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], more: bool) -> io::Result<(File, Option<File>)> {
     // The directory is this registry's own and copy names never repeat in
     // it, so the file cannot exist yet.
     let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o500).open(path)?;
@@ -146,8 +151,8 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<File> {
             io::Error::new(e.kind(), format!("cannot reopen it through /proc/self/fd (is /proc mounted?): {e}"))
         })
     });
-    drop(file);
-    written.inspect_err(|_| {
+    let writable = more.then_some(file);
+    written.map(|read_only| (read_only, writable)).inspect_err(|_| {
         // A full disk (or a file size limit) fails the write part-way: the
         // bytes that fit stay on disk. A partial library must not outlive
         // the failed reload, taking space and looking like a copy.
@@ -381,7 +386,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("library-1-0123456789ab.so");
-        let error = write_file(&path, &vec![0x5a; 16 * limit as usize]).expect_err("the write must fail");
+        let error = write_file(&path, &vec![0x5a; 16 * limit as usize], false).expect_err("the write must fail");
         assert_eq!(error.raw_os_error(), Some(libc::EFBIG), "{error}");
         let left = fs::metadata(&path).map(|m| m.len());
         assert!(left.is_err(), "a partial copy of {left:?} bytes was left at {}", path.display());

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 
 use crate::entry::{Entry, Prepared};
 use crate::error::{Error, LoadError, ReloadFailure, Step, StepError};
-use crate::loader::copy_name;
+use crate::loader::{copy_name, Artifact};
 use crate::registry::Inner;
 use crate::report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 use crate::version::{DetachState, VersionMeta};
@@ -232,21 +232,41 @@ fn load(
     steps: &mut Vec<StepTime>,
 ) -> Result<Loaded, StepError> {
     let _span = tracing::info_span!("load", loadable = %entry.name, path = %entry.path.display()).entered();
-    let (bytes, hash) = timed(entry, steps, Step::Read, || {
-        let bytes = inner.stages.read(&entry.path)?;
-        let hash = ContentHash::of(&bytes);
-        Ok((bytes, hash))
-    })?;
     // A changed attach context (an HTTP extension's mount or settings) needs a
     // new attach even for the same file.
     let reattach = entry.reattach.load(Ordering::Acquire);
-    if let Some(current) = current.filter(|c| (mode == Mode::Attach || c.info.hash == hash) && !reattach) {
+    let keep = |current: &Option<Arc<VersionMeta>>| current.as_ref().filter(|_| !reattach).cloned();
+    // The file is read and hashed only when its stamp differs from the
+    // serving version's (`loader::FileStamp`); read and hash are one step.
+    let serving_stamp = keep(&current).and_then(|current| *current.stamp.lock());
+    let read = timed(entry, steps, Step::Read, || {
+        Ok(match inner.stages.read(&entry.path, serving_stamp)? {
+            Artifact::Same => None,
+            Artifact::Read { stamp, bytes } => {
+                let hash = ContentHash::of(&bytes);
+                Some((stamp, bytes, hash))
+            }
+        })
+    })?;
+    let Some((stamp, bytes, hash)) = read else {
+        let current = keep(&current).expect("a stamp was compared, so a version serves");
+        tracing::info!(version = %current.info, "unchanged (same file)");
+        return Ok(Loaded::Unchanged(current));
+    };
+    if let Some(current) = keep(&current).filter(|c| mode == Mode::Attach || c.info.hash == hash) {
+        if current.info.hash == hash {
+            // The same bytes in another file, or a file written again: the
+            // next reload need not read it. (An attach keeps a serving
+            // version whatever the file holds; its stamp stays, so that the
+            // next reload reads the new file.)
+            *current.stamp.lock() = stamp;
+        }
         tracing::info!(version = %current.info, "unchanged");
         return Ok(Loaded::Unchanged(current));
     }
-    timed(entry, steps, Step::Validate, || inner.stages.validate(&bytes))?;
+    let loaded = timed(entry, steps, Step::Validate, || inner.stages.validate(&bytes))?;
     let copy = timed(entry, steps, Step::Copy, || {
-        inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), &bytes)
+        inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), bytes, loaded)
     })?;
     let copy_path = copy.path.clone();
     let library = timed(entry, steps, Step::Open, || {
@@ -274,6 +294,7 @@ fn load(
             loaded_at: SystemTime::now(),
         },
         copy: copy_path,
+        stamp: Mutex::new(stamp),
         retired_at: Mutex::new(None),
         detach: Mutex::new(DetachState::Pending),
         library: std::sync::OnceLock::new(),

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 
 use crate::descriptor::Instance;
-use crate::loader::LoadedLibrary;
+use crate::loader::{FileStamp, LoadedLibrary};
 use crate::report::VersionInfo;
 use crate::runtime_watch::RuntimeWatch;
 use crate::{Interface, ProxyContext};
@@ -42,6 +42,9 @@ pub enum DetachState {
 pub(crate) struct VersionMeta {
     pub info: VersionInfo,
     pub copy: std::path::PathBuf,
+    /// The artifact's stamp when it was last found to hold this version's
+    /// bytes: a reload that finds the same stamp does not read the file.
+    pub stamp: Mutex<Option<FileStamp>>,
     pub retired_at: Mutex<Option<SystemTime>>,
     pub detach: Mutex<DetachState>,
     /// The version's library while anything keeps it loaded (set once

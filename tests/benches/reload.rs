@@ -1,0 +1,108 @@
+//! A reload of a real fixture library (read → swap), against the I/O floor
+//! measured in the same run.
+//!
+//! Run with `scripts/bench` (it builds the fixture libraries first). It runs
+//! this benchmark twice: in the bench profile, loading the release builds of
+//! the fixtures, and with `--profile dev`, loading their debug builds from an
+//! unoptimised host (what an embedder's debug build does; the debug fixture
+//! is several times larger). Read the results as ratios to `io_floor` of
+//! the same run and profile, never as absolute numbers: the machines are
+//! shared and noisy.
+//!
+//! - `io_floor`: `std::fs::read` of the artifact and `std::fs::write` of its
+//!   bytes to a new file in `$TMPDIR` (where the private copies go): what
+//!   any reload that reads the file and writes a private copy spends on I/O.
+//! - `hash`: `ContentHash::of` the artifact's bytes.
+//! - `reload_changed`: `reload_blocking` after a new build was installed
+//!   (good-v1 and good-v2 in turn): read, hash, validate, copy, `dlopen`,
+//!   check, attach (the fixture's hook does next to nothing), swap.
+//! - `reload_unchanged`: `reload_blocking` of the same file: what a reload
+//!   of a loadable that was not rebuilt costs.
+//!
+//! Every changed reload keeps its copy mapped for the life of the process
+//! (docs/boundary.md §4), so the measurement time is short and the number
+//! of reloads bounded.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use verdant::{ContentHash, Outcome};
+use verdant_tests::{attached, fixture, Artifact};
+
+/// `release` or `debug`: which fixture builds this run loads (those of its
+/// own profile; a library built with another profile has other `TypeId`s).
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+fn reload(c: &mut Criterion) {
+    let builds = [std::fs::read(fixture("good-v1")).expect("v1"), std::fs::read(fixture("good-v2")).expect("v2")];
+    let artifact = Artifact::new("good-v1");
+    let (verdant, _shared, probe) = attached(&artifact);
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    eprintln!("reload_{}: fixture good-v1, {} bytes", profile(), builds[0].len());
+
+    let mut group = c.benchmark_group(format!("reload_{}", profile()));
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+
+    let mut copies = 0u64;
+    group.bench_function("io_floor", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                copies += 1;
+                let copy = scratch.path().join(format!("copy-{copies}.so"));
+                let started = Instant::now();
+                let bytes = std::fs::read(artifact.path()).expect("read");
+                std::fs::write(&copy, &bytes).expect("write");
+                total += started.elapsed();
+                std::fs::remove_file(&copy).expect("remove");
+            }
+            total
+        })
+    });
+
+    group.bench_function("hash", |b| b.iter(|| ContentHash::of(black_box(&builds[0]))));
+
+    let mut next = 1;
+    group.bench_function("reload_changed", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                artifact.install_bytes(&builds[next]);
+                let started = Instant::now();
+                let report = verdant.reload_blocking(None).expect("reload");
+                total += started.elapsed();
+                assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+                next = 1 - next;
+            }
+            total
+        })
+    });
+    assert_eq!(probe.get().expect("serving").version(), 2 - next as u32, "the last build installed serves");
+
+    group.bench_function("reload_unchanged", |b| {
+        b.iter(|| {
+            let report = verdant.reload_blocking(None).expect("reload");
+            debug_assert!(matches!(report.outcome("probe"), Some(Outcome::Unchanged { .. })), "{report}");
+            report
+        })
+    });
+    group.finish();
+
+    // One more changed reload, whose step times are printed for the record.
+    artifact.install_bytes(&builds[next]);
+    eprintln!("{}", verdant.reload_blocking(None).expect("reload"));
+}
+
+criterion_group!(benches, reload);
+criterion_main!(benches);
