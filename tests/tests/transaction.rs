@@ -149,24 +149,32 @@ fn an_unchanged_file_is_not_reloaded() {
 /// place, same inode and same size, is read again and swapped.
 #[test]
 fn a_file_is_read_only_when_its_stamp_changed_and_an_in_place_rewrite_is_seen() {
+    // Both builds padded to one size with zeros after their last byte (an
+    // ELF file may carry bytes nothing refers to), so that an in-place
+    // rewrite keeps inode and size: only the times tell the difference.
+    let v1 = std::fs::read(verdant_tests::fixture("good-v1")).unwrap();
+    let mut v2 = std::fs::read(verdant_tests::fixture("good-v2")).unwrap();
+    let size = v1.len().max(v2.len());
+    let mut padded_v1 = v1.clone();
+    padded_v1.resize(size, 0);
+    v2.resize(size, 0);
     let artifact = Artifact::new("good-v1");
+    artifact.install_bytes(&padded_v1);
     let (verdant, _shared, probe) = attached(&artifact);
 
     // Untouched: not read, nothing hashed (the read step is one fstat).
     let report = verdant.reload_blocking(Some("probe")).unwrap();
     assert!(matches!(report.outcome("probe"), Some(Outcome::Unchanged { .. })), "{report}");
 
-    // good-v2 has exactly good-v1's size: written over the same inode, only
-    // the change and modification times tell the difference.
-    let v2 = std::fs::read(verdant_tests::fixture("good-v2")).unwrap();
-    assert_eq!(v2.len() as u64, std::fs::metadata(artifact.path()).unwrap().len(), "the fixtures' sizes differ");
+    // Written over the same inode, with the same size.
     let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(artifact.path()).unwrap());
     {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().write(true).open(artifact.path()).unwrap();
         file.write_all(&v2).unwrap();
     }
-    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(artifact.path()).unwrap()), inode);
+    let after = std::fs::metadata(artifact.path()).unwrap();
+    assert_eq!((std::os::unix::fs::MetadataExt::ino(&after), after.len()), (inode, size as u64));
     let report = verdant.reload_blocking(Some("probe")).unwrap();
     assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
     assert_eq!(probe.get().unwrap().version(), 2);
