@@ -133,10 +133,12 @@ mod handoff;
 mod loader;
 pub mod manifest;
 mod manifest_diff;
+mod metrics;
 mod private_dir;
 mod registry;
 mod report;
 mod runtime_watch;
+mod serialize;
 mod sigpipe;
 mod status;
 mod sync;
@@ -147,15 +149,16 @@ mod version;
 #[cfg(test)]
 mod pipeline_tests;
 
-pub use attach::StuckAttach;
+pub use attach::{LateAttach, LateResult, StuckAttach};
 pub use error::{Error, HandleError, LoadError, ReloadFailure, Step, StepError};
 pub use filter::{Filter, Select};
 pub use handle::{Handle, Pinned};
 pub use manifest::{Manifest, ManifestEntry, ManifestError};
+pub use metrics::METRICS_CONTENT_TYPE;
 pub use registry::{Builder, Verdant, DEFAULT_ATTACH_TIMEOUT};
 pub use report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 pub use sigpipe::SigpipeStats;
-pub use status::{LoadableStatus, RetiredStatus, Status};
+pub use status::{LastReload, LoadableFailure, LoadableStatus, RetireReason, RetiredStatus, Status};
 pub use version::DetachState;
 
 // What crosses the boundary is defined once, in the crate every library
