@@ -81,16 +81,26 @@
 //!
 //! Each loadable is its own unit: one that fails at any step keeps serving
 //! its previous version (or stays unattached, to be tried again by the next
-//! attach or reload), its new instance, if it got one, is detached, and
-//! every other loadable is applied all the same: one bad build never takes
-//! the others down. Loadables that must change together form a
-//! [group](Builder::group), which is applied all-or-nothing. Every failure
-//! is logged at ERROR and reported per loadable ([`ReloadReport`]) with
-//! the loadable, the [`Step`] and the cause; in [strict
-//! mode](Builder::strict) it also makes the call return an
-//! [`Error::Reload`]. Reloads are serialised, and triggers that arrive
-//! during a reload coalesce into one follow-up, so the newest build is
-//! never missed.
+//! attach or reload, and its handle's error says why), its new instance, if
+//! it got one, is detached, and every other loadable is applied all the
+//! same: one bad build never takes the others down. Loadables that must
+//! change together form a [group](Builder::group), which is applied
+//! all-or-nothing. Every transaction is logged once, its report at INFO, or
+//! at ERROR when a loadable failed, with the loadable, the [`Step`] and the
+//! cause ([`ReloadReport`]); in [strict mode](Builder::strict) a failure
+//! also makes the call return an [`Error::Reload`]. Reloads are serialised,
+//! and triggers that arrive during a reload coalesce into one follow-up, so
+//! the newest build is never missed.
+//!
+//! # Operating it
+//!
+//! [`Verdant::status`] says what serves, what is retired and how many
+//! calls and requests still run on it, why a loadable is not serving, and
+//! how the last reload went; every part of it serializes to JSON.
+//! [`Verdant::metrics_text`] is the registry's Prometheus metrics (one
+//! explicit registry per [`Verdant`], nothing process-global), and
+//! [`axum::admin`] serves both, and reloads, over HTTP behind a bearer
+//! token, for a listener of its own.
 //!
 //! # The boundary, host side
 //!

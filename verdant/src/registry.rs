@@ -562,7 +562,9 @@ impl Verdant {
     /// its own (the members of a [group](Builder::group) together): every
     /// loadable that can attach serves, whatever the others do. A loadable
     /// that failed stays unattached (its handle's `get()` answers
-    /// `NotAttached`), and the next `attach` or reload tries it again.
+    /// [`HandleError::AttachFailed`](crate::HandleError::AttachFailed) with
+    /// the step and the cause), and the next `attach` or reload tries it
+    /// again.
     /// Repeated calls with nothing new to attach do nothing and return an
     /// empty report.
     ///
