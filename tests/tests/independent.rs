@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use fixture_api::{FixtureContext, Probe, Shared};
-use verdant::{Error, HandleError, LoadError, Outcome, ReloadFailure, ReloadReport, Step, Verdant};
+use verdant::{Error, HandleError, LoadError, Outcome, ReloadFailure, ReloadReport, RetireReason, Step, Verdant};
 use verdant_tests::{eventually, Artifact};
 
 /// Two loadables: `healthy` (good-v1) and `missing`, whose file is not
@@ -299,11 +299,16 @@ fn a_failing_group_keeps_its_previous_versions_and_blocks_no_one_else() {
         detached
     };
     assert!(eventually(|| detached_sorted() == [(3, 1), (4, 2)]), "detached: {:?}", shared.detached());
+    // status() lists a's rolled-back version (it never served) beside c's
+    // replaced v1.
     let status = verdant.status();
-    for (loadable, generation, retired) in [("a", 1, 0), ("b", 1, 0), ("c", 2, 1)] {
+    for (loadable, generation, retired) in
+        [("a", 1, &[RetireReason::RolledBack][..]), ("b", 1, &[][..]), ("c", 2, &[RetireReason::Replaced][..])]
+    {
         let l = status.loadables.iter().find(|l| l.name == loadable).unwrap();
         assert_eq!(l.current.as_ref().map(|c| c.generation), Some(generation), "{status}");
-        assert_eq!(l.retired.len(), retired, "{status}");
+        let reasons: Vec<RetireReason> = l.retired.iter().map(|r| r.reason).collect();
+        assert_eq!(reasons, retired, "{status}");
     }
 
     // Fixed, the group is swapped in as a whole.

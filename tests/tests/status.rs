@@ -227,9 +227,9 @@ fn rolled_back_and_late_versions_appear_in_status() {
     assert!(status.to_string().contains("late attach of good (fixture-good-v2 0.2.0)"), "{status}");
 }
 
-/// A failed reload is logged once: one ERROR event that names the
-/// loadable, the step and the cause, and no other WARN or ERROR about it;
-/// a successful one is one INFO event.
+/// A failed reload is logged once: one ERROR event per failed loadable
+/// with its step and cause, then the report at INFO without the cause
+/// again, and no WARN; a successful one is one INFO event.
 #[test]
 fn a_failed_reload_is_logged_once() {
     let events = Events::default();
@@ -258,7 +258,11 @@ fn a_failed_reload_is_logged_once() {
     assert!(!report.is_success());
     let errors = about(tracing::Level::ERROR);
     assert_eq!(errors.len(), 1, "one ERROR for the failed reload: {errors:#?}");
-    assert!(errors[0].contains("FAILED at attach") && errors[0].contains("no database"), "{errors:#?}");
+    assert!(errors[0].contains("step=attach") && errors[0].contains("no database"), "{errors:#?}");
+    assert!(errors[0].contains("fixture-good-v1 0.1.0 (generation 1"), "says what keeps serving: {errors:#?}");
+    let overview = about(tracing::Level::INFO).into_iter().filter(|e| e.contains("reload #2")).collect::<Vec<_>>();
+    assert_eq!(overview.len(), 1, "the report, once: {overview:#?}");
+    assert!(overview[0].contains("FAILED at attach, still serving"), "{overview:#?}");
     let warnings = about(tracing::Level::WARN);
     assert!(warnings.is_empty(), "nothing else about it: {warnings:#?}");
     let causes = events.all().into_iter().filter(|e| e.contains("no database")).count();

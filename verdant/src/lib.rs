@@ -85,12 +85,13 @@
 //! it got one, is detached, and every other loadable is applied all the
 //! same: one bad build never takes the others down. Loadables that must
 //! change together form a [group](Builder::group), which is applied
-//! all-or-nothing. Every transaction is logged once, its report at INFO, or
-//! at ERROR when a loadable failed, with the loadable, the [`Step`] and the
-//! cause ([`ReloadReport`]); in [strict mode](Builder::strict) a failure
-//! also makes the call return an [`Error::Reload`]. Reloads are serialised,
-//! and triggers that arrive during a reload coalesce into one follow-up, so
-//! the newest build is never missed.
+//! all-or-nothing. Every transaction is logged once: each failed loadable
+//! at ERROR with the loadable, the [`Step`] and the cause (and what keeps
+//! serving), then its [`ReloadReport`] at INFO; in [strict
+//! mode](Builder::strict) a failure also makes the call return an
+//! [`Error::Reload`]. Reloads are serialised, and triggers that arrive
+//! during a reload coalesce into one follow-up, so the newest build is
+//! never missed.
 //!
 //! # Operating it
 //!

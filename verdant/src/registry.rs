@@ -351,6 +351,31 @@ fn loadable_status(entry: &Entry, mappings: &Mappings) -> LoadableStatus {
     }
 }
 
+/// Logs each failed loadable of `report` once, at ERROR, with the loadable,
+/// step, file and cause as fields, and what keeps serving.
+fn log_failures(report: &ReloadReport) {
+    for loadable in &report.loadables {
+        let Outcome::Failed(error) = &loadable.outcome else { continue };
+        let consequence = match (&loadable.group, &loadable.serving) {
+            (Some(group), Some(_)) => format!("no member of group `{group}` is swapped in; they keep what they had"),
+            (Some(group), None) => format!("no member of group `{group}` is swapped in; this loadable is not serving"),
+            (None, Some(serving)) => format!("{serving} keeps serving"),
+            (None, None) => "this loadable is not serving".to_owned(),
+        };
+        tracing::error!(
+            generation = report.generation,
+            loadable = %error.loadable,
+            step = %error.step,
+            path = %error.path.display(),
+            cause = %error.kind,
+            "{} #{} failed to load `{}`; {consequence}",
+            report.trigger.verb(),
+            report.generation,
+            error.loadable
+        );
+    }
+}
+
 /// How many removed loadables whose versions all finished `status()` keeps
 /// showing (those with a version still pinned or awaiting detach are
 /// always shown).
@@ -919,12 +944,13 @@ impl Inner {
     }
 
     /// Where every transaction ends (attach, reload call, signal; a
-    /// manifest that does not validate too): logs its result once, at INFO
-    /// when every loadable was applied and at ERROR otherwise (the report
-    /// names each failed loadable, its step and the cause, and what keeps
-    /// serving), records why each failed loadable is not serving, counts it
-    /// in the metrics and keeps it as the last reload. Call before
-    /// `notify_changed`, so that what is rebuilt then sees the failures.
+    /// manifest that does not validate too): logs its result once (each
+    /// failed loadable at ERROR with its step and cause and what keeps
+    /// serving, then the report at INFO without the causes again; a
+    /// manifest error at ERROR), records why each failed loadable is not
+    /// serving, counts it in the metrics and keeps it as the last reload.
+    /// Call before `notify_changed`, so that what is rebuilt then sees the
+    /// failures.
     fn finish(&self, trigger: Trigger, started: Instant, result: &Result<ReloadReport, Error>) {
         let (report, error) = match result {
             Ok(report) => (Some(report), None),
@@ -937,13 +963,11 @@ impl Inner {
         let success = error.is_none() && report.is_some_and(ReloadReport::is_success);
         if let Some(report) = report {
             self.record_failures(report, finished_at);
-            let text = report.to_string();
-            let text = text.trim_end();
             if success {
-                tracing::info!("{text}");
+                tracing::info!("{}", report.to_string().trim_end());
             } else {
-                let failed: Vec<&str> = report.failures().map(|(name, _)| name).collect();
-                tracing::error!(generation = report.generation, failed = ?failed, "{text}");
+                log_failures(report);
+                tracing::info!("{}", report.overview().trim_end());
             }
         }
         if let Some(error) = error {

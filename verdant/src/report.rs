@@ -362,6 +362,25 @@ impl serde::Serialize for ReloadReport {
 
 impl fmt::Display for ReloadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, true)
+    }
+}
+
+impl ReloadReport {
+    /// The report as [`Display`](fmt::Display) shows it, except that a
+    /// failed loadable's cause is left out (the registry logs each failure
+    /// on its own, with the cause, right before this).
+    pub(crate) fn overview(&self) -> String {
+        struct Overview<'a>(&'a ReloadReport);
+        impl fmt::Display for Overview<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write(f, false)
+            }
+        }
+        Overview(self).to_string()
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, causes: bool) -> fmt::Result {
         writeln!(f, "{} #{} ({:?}, {:.1?}):", self.trigger.verb(), self.generation, self.trigger, self.duration)?;
         for loadable in &self.loadables {
             write!(f, "  {}", loadable.name)?;
@@ -378,7 +397,10 @@ impl fmt::Display for ReloadReport {
                 Outcome::Swapped { old: Some(old), new } => write!(f, "swapped {old} -> {new}")?,
                 Outcome::Swapped { old: None, new } => write!(f, "attached {new}")?,
                 Outcome::Unchanged { current } => write!(f, "unchanged, {current}")?,
-                Outcome::Failed(error) => write!(f, "FAILED at {}, {}: {}", error.step, kept(), error.kind)?,
+                Outcome::Failed(error) if causes => write!(f, "FAILED at {}, {}: {}", error.step, kept(), error.kind)?,
+                Outcome::Failed(error) => {
+                    write!(f, "FAILED at {}, {} (the error is logged above)", error.step, kept())?
+                }
                 Outcome::RolledBack { discarded } => write!(f, "rolled back {discarded}, {}", kept())?,
                 Outcome::NotReached => write!(f, "not reached, {}", kept())?,
             }

@@ -15,11 +15,11 @@
 //! 3. Otherwise the new versions are swapped in, one slot store each; the
 //!    old versions are retired (detached once their last pin is dropped).
 //!
-//! A failed unit is reported (the registry logs the whole report once, at
-//! ERROR, in `Inner::finish`); the next unit runs
-//! all the same. In strict mode a transaction with any failure returns
-//! `Error::Reload`, whose report shows the units that did commit. The whole
-//! transaction has one generation number.
+//! A failed unit is reported (the registry logs each failure once, in
+//! `Inner::finish`); the next unit runs all the same. In strict mode a
+//! transaction with any failure returns `Error::Reload`, whose report shows
+//! the units that did commit. The whole transaction has one generation
+//! number.
 //!
 //! The caller holds the registry's transaction lock, so transactions never
 //! overlap. Readers never take that lock.
