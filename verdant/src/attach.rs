@@ -78,6 +78,13 @@ pub struct LateAttach {
 
 /// What a late attach hook returned ([`LateAttach::result`]). In JSON:
 /// `{"result": "detach_panicked", "message": "..."}`.
+///
+/// ```
+/// let result = verdant::LateResult::AttachFailed("no database".into());
+/// assert_eq!(result.to_string(), "the hook returned an error: no database");
+/// let json = serde_json::to_string(&result).unwrap();
+/// assert_eq!(json, r#"{"result":"attach_failed","message":"no database"}"#);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", content = "message", rename_all = "snake_case")]
 #[non_exhaustive]

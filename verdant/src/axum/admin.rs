@@ -308,26 +308,11 @@ struct Reloaded<'a> {
 async fn reload(State(admin): State<Arc<Admin>>, Query(query): Query<ReloadQuery>) -> Response {
     let filter = query.filter.filter(|filter| !filter.is_empty());
     let select = filter.clone().map_or(Select::All, Select::Text);
-    let result = admin.verdant.reload(select).await;
-    let report = match &result {
-        Ok(report) => Some(report),
-        Err(Error::Reload(failure)) => Some(&failure.report),
-        Err(_) => None,
+    let error = match admin.verdant.reload(select).await {
+        Ok(report) => return reported(&report, filter.as_deref()),
+        Err(Error::Reload(failure)) => return reported(&failure.report, filter.as_deref()),
+        Err(error) => error,
     };
-    if let Some(report) = report {
-        let failures: Vec<&StepError> = report.failures().map(|(_, error)| error).collect();
-        let success = report.is_success();
-        let warning = match &filter {
-            Some(filter) if report.loadables.is_empty() => {
-                Some(format!("the filter `{filter}` selects no loadable; nothing was reloaded"))
-            }
-            _ => None,
-        };
-        let status = if success { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
-        let answer = Reloaded { success, report: Some(report), failures: Some(failures), error: None, warning };
-        return (status, Json(answer)).into_response();
-    }
-    let Err(error) = &result else { unreachable!("an Ok result has a report") };
     let status = match error {
         Error::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::NoMatch { .. } => StatusCode::NOT_FOUND,
@@ -335,7 +320,23 @@ async fn reload(State(admin): State<Arc<Admin>>, Query(query): Query<ReloadQuery
         Error::Revoked => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let answer = Reloaded { success: false, report: None, failures: None, error: Some(error), warning: None };
+    let answer = Reloaded { success: false, report: None, failures: None, error: Some(&error), warning: None };
+    (status, Json(answer)).into_response()
+}
+
+/// The answer for a reload that ran: 200 if every loadable was applied,
+/// else 500 with the failures.
+fn reported(report: &ReloadReport, filter: Option<&str>) -> Response {
+    let failures: Vec<&StepError> = report.failures().map(|(_, error)| error).collect();
+    let success = report.is_success();
+    let warning = match filter {
+        Some(filter) if report.loadables.is_empty() => {
+            Some(format!("the filter `{filter}` selects no loadable; nothing was reloaded"))
+        }
+        _ => None,
+    };
+    let status = if success { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    let answer = Reloaded { success, report: Some(report), failures: Some(failures), error: None, warning };
     (status, Json(answer)).into_response()
 }
 
