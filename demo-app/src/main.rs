@@ -32,6 +32,12 @@
 //! Run it with `scripts/demo` (which builds host and library first; add
 //! `--release` for the release profile) and see `demo-app --help`.
 //!
+//! - **Operating it.** With `--admin-addr 127.0.0.1:PORT --admin-token-file
+//!   PATH` it serves [`verdant::axum::admin`] on a listener of its own:
+//!   `GET /status` (JSON), `POST /reload[?filter=..]` and `GET /metrics`
+//!   (Prometheus), each behind the bearer token read from `PATH`. Without
+//!   them it serves no admin API, and says so once on start-up.
+//!
 //! On start it prints exactly one line to stdout,
 //! `verdant demo listening on http://<addr> (pid <pid>)`; logs go to stderr
 //! (`RUST_LOG` filters them, default `info`). SIGINT or SIGTERM shut it down
@@ -48,7 +54,7 @@ use shop_api::{Shop, ShopContext};
 use tracing_subscriber::EnvFilter;
 use verdant::Verdant;
 
-use crate::cli::{Args, Command, USAGE};
+use crate::cli::{AdminArgs, Args, Command, USAGE};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -122,19 +128,23 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|error| error.to_string())?;
     let app = http::router(&verdant);
 
+    // The token is read before anything is loaded: a missing or empty
+    // token file stops the demo at once, with the reason.
+    let admin = match &args.admin {
+        Some(admin) => Some(admin_router(&verdant, admin)?),
+        None => None,
+    };
+
     // Attach runs the libraries' attach hooks (under a time limit, on their
     // own threads); keep it off the async worker threads. Each loadable
     // that can attach serves; one that cannot is reported and answers 503
-    // until a reload brings it up.
+    // until a reload brings it up. Verdant logs the report (once).
     let attaching = verdant.clone();
     let attached = tokio::task::spawn_blocking(move || attaching.attach())
         .await
         .map_err(|error| format!("the attach task failed: {error}"))?;
     match attached {
-        Ok(report) => tracing::info!("{}", report.to_string().trim_end()),
-        Err(verdant::Error::Reload(failure)) => {
-            tracing::error!("{}", failure.report.to_string().trim_end());
-        }
+        Ok(_) | Err(verdant::Error::Reload(_)) => {}
         Err(error) => return Err(error.to_string()),
     }
 
@@ -146,6 +156,17 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.addr))?;
     let local = listener.local_addr().map_err(|error| format!("cannot read the bound address: {error}"))?;
+    let (stop_admin, admin_stop) = tokio::sync::watch::channel(false);
+    let admin_server = match admin {
+        Some((router, admin)) => Some(serve_admin(router, &admin, admin_stop).await?),
+        None => {
+            tracing::info!(
+                "no admin API: start with --admin-addr 127.0.0.1:PORT --admin-token-file PATH to serve \
+                 GET /status, POST /reload and GET /metrics"
+            );
+            None
+        }
+    };
     announce(&format!("verdant demo listening on http://{local} (pid {pid})"));
     tracing::info!(
         pid,
@@ -158,12 +179,55 @@ async fn run(args: Args) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|error| format!("the server failed: {error}"))?;
+    // The admin API stops with the service (the receiver may be gone if the
+    // admin server already failed: nothing to stop then).
+    let _ = stop_admin.send(true);
+    if let Some(admin_server) = admin_server {
+        match admin_server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the admin server failed"),
+            Err(error) => tracing::error!(%error, "the admin server task failed"),
+        }
+    }
 
     // Detaches the serving version (its detach hook logs) once the requests
     // still pinned to it are done.
     tokio::task::spawn_blocking(move || verdant.revoke()).await.map_err(|error| format!("revoke failed: {error}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the admin token and builds the admin router; an unreadable or
+/// empty token file is an error that stops the demo.
+fn admin_router(verdant: &Verdant, admin: &AdminArgs) -> Result<(axum::Router, AdminArgs), String> {
+    let token = verdant::axum::AdminToken::from_file(&admin.token_file).map_err(|error| error.to_string())?;
+    Ok((verdant::axum::admin(verdant, token), admin.clone()))
+}
+
+/// Binds the admin API's listener and serves `router` on it until `stop`
+/// turns true.
+async fn serve_admin(
+    router: axum::Router,
+    admin: &AdminArgs,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, String> {
+    let listener = tokio::net::TcpListener::bind(&admin.addr)
+        .await
+        .map_err(|error| format!("cannot listen on {} for the admin API: {error}", admin.addr))?;
+    let local = listener.local_addr().map_err(|error| format!("cannot read the admin API's address: {error}"))?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(addr = %local, "the admin API listens beyond loopback: anyone who can reach it and has the token can reload this service");
+    }
+    tracing::info!(
+        addr = %local,
+        token_file = %admin.token_file.display(),
+        "admin API on http://{local}: GET /status, POST /reload[?filter=NAME|GLOB|re:REGEX], GET /metrics \
+         (header `Authorization: Bearer <token from the file>`)"
+    );
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    Ok(tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await }))
 }
 
 /// The manifest the demo starts with when none exists yet: the shop alone,

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -57,6 +57,11 @@ impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|value| value.to_str().ok())
     }
+
+    /// The body parsed as JSON; panics with the body if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
+    }
 }
 
 /// One client connection (keep-alive: requests on it go one after another).
@@ -80,18 +85,34 @@ impl Connection {
     /// Sends `GET path` with `headers` and returns the response with its
     /// body still to read.
     pub async fn start(&mut self, path: &str, headers: &[(&str, &str)]) -> hyper::Response<Incoming> {
-        let mut request = Request::get(path).header("host", "127.0.0.1");
+        self.start_request(Method::GET, path, headers).await
+    }
+
+    /// Sends `method path` with `headers` and an empty body, and returns the
+    /// response with its body still to read.
+    pub async fn start_request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> hyper::Response<Incoming> {
+        let mut request = Request::builder().method(method.clone()).uri(path).header("host", "127.0.0.1");
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let request = request.body(Body::empty()).expect("a valid request");
         guard("ready to send", self.sender.ready()).await.expect("the connection is open");
-        guard(&format!("GET {path}"), self.sender.send_request(request)).await.expect("a response")
+        guard(&format!("{method} {path}"), self.sender.send_request(request)).await.expect("a response")
     }
 
     /// Sends `GET path` with `headers` and reads the whole answer.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Answer {
-        let response = self.start(path, headers).await;
+        self.request(Method::GET, path, headers).await
+    }
+
+    /// Sends `method path` with `headers` and reads the whole answer.
+    pub async fn request(&mut self, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let response = self.start_request(method, path, headers).await;
         let (parts, body) = response.into_parts();
         let bytes = guard(&format!("reading the body of {path}"), body.collect()).await.expect("a complete body");
         Answer {
@@ -105,6 +126,11 @@ impl Connection {
 /// `GET path` with `headers` on a connection of its own.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
     Connection::open(addr).await.get(path, headers).await
+}
+
+/// `POST path` (empty body) with `headers` on a connection of its own.
+pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    Connection::open(addr).await.request(Method::POST, path, headers).await
 }
 
 /// The next data frame of `body` as text: `Some(Ok(text))`, `None` at the

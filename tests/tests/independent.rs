@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use fixture_api::{FixtureContext, Probe, Shared};
-use verdant::{Error, HandleError, LoadError, Outcome, ReloadFailure, ReloadReport, Step, Verdant};
+use verdant::{Error, HandleError, LoadError, Outcome, ReloadFailure, ReloadReport, RetireReason, Step, Verdant};
 use verdant_tests::{eventually, Artifact};
 
 /// Two loadables: `healthy` (good-v1) and `missing`, whose file is not
@@ -42,8 +42,17 @@ fn instance(verdant: &Verdant, name: &str) -> u64 {
     verdant.handle::<dyn Probe>(name).expect("handle").get().expect("serving").instance()
 }
 
-fn not_attached(name: &str) -> Result<u32, HandleError> {
-    Err(HandleError::NotAttached { name: name.to_owned() })
+/// Asserts that `name` is not serving because the last transaction that
+/// tried it failed reading its file, and that its handle says so.
+fn assert_read_failed(verdant: &Verdant, name: &str) {
+    match verdant.handle::<dyn Probe>(name).expect("handle").get() {
+        Err(HandleError::AttachFailed { name: failed, reason }) => {
+            assert_eq!(failed, name);
+            assert!(reason.contains("failed at step `read`"), "{reason}");
+        }
+        Err(other) => panic!("expected AttachFailed for {name}, got {other}"),
+        Ok(pinned) => panic!("expected AttachFailed for {name}, but it serves version {}", pinned.version()),
+    }
 }
 
 fn steps(report: &ReloadReport, name: &str) -> Vec<Step> {
@@ -107,7 +116,7 @@ fn a_missing_loadable_does_not_keep_a_healthy_one_from_serving() {
     }
     assert_missing_failed(&report);
     assert_eq!(version(&t.verdant, "healthy"), Ok(1));
-    assert_eq!(version(&t.verdant, "missing"), not_attached("missing"));
+    assert_read_failed(&t.verdant, "missing");
 
     // The healthy one is rebuilt: a reload swaps it although the missing
     // one fails again.
@@ -125,7 +134,7 @@ fn a_missing_loadable_does_not_keep_a_healthy_one_from_serving() {
     assert_missing_failed(&report);
     assert_eq!(failed_names(&report), [("missing", Step::Read)]);
     assert_eq!(version(&t.verdant, "healthy"), Ok(2));
-    assert_eq!(version(&t.verdant, "missing"), not_attached("missing"));
+    assert_read_failed(&t.verdant, "missing");
     assert_eq!(t.shared.attach_count(), 2);
 
     // The missing file appears: the next reload attaches it.
@@ -187,7 +196,7 @@ fn strict_mode_returns_the_first_failure_and_still_applies_the_others() {
     assert_missing_failed(&failure.report);
     assert!(matches!(failure.report.outcome("healthy"), Some(Outcome::Swapped { old: None, .. })));
     assert_eq!(version(&t.verdant, "healthy"), Ok(1));
-    assert_eq!(version(&t.verdant, "missing"), not_attached("missing"));
+    assert_read_failed(&t.verdant, "missing");
 
     t.healthy.install("good-v2");
     let failure = expect_failure(t.verdant.reload_blocking(None));
@@ -290,11 +299,16 @@ fn a_failing_group_keeps_its_previous_versions_and_blocks_no_one_else() {
         detached
     };
     assert!(eventually(|| detached_sorted() == [(3, 1), (4, 2)]), "detached: {:?}", shared.detached());
+    // status() lists a's rolled-back version (it never served) beside c's
+    // replaced v1.
     let status = verdant.status();
-    for (loadable, generation, retired) in [("a", 1, 0), ("b", 1, 0), ("c", 2, 1)] {
+    for (loadable, generation, retired) in
+        [("a", 1, &[RetireReason::RolledBack][..]), ("b", 1, &[][..]), ("c", 2, &[RetireReason::Replaced][..])]
+    {
         let l = status.loadables.iter().find(|l| l.name == loadable).unwrap();
         assert_eq!(l.current.as_ref().map(|c| c.generation), Some(generation), "{status}");
-        assert_eq!(l.retired.len(), retired, "{status}");
+        let reasons: Vec<RetireReason> = l.retired.iter().map(|r| r.reason).collect();
+        assert_eq!(reasons, retired, "{status}");
     }
 
     // Fixed, the group is swapped in as a whole.

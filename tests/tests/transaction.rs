@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use fixture_api::{FixtureContext, Probe, Shared};
-use verdant::{DetachState, Error, LoadError, Outcome, Step, Trigger, Verdant, VersionInfo};
+use verdant::{DetachState, Error, LoadError, Outcome, RetireReason, Step, Trigger, Verdant, VersionInfo};
 use verdant_tests::{attached, eventually, Artifact};
 
 /// Two loadables, `a` and `b`, both attached on good-v1, in one group (so
@@ -88,10 +88,14 @@ fn a_failure_of_one_group_member_rolls_back_the_other() {
     // Both still answer good-v1, with their original instances.
     assert_eq!((p.version("a"), p.version("b")), (1, 1));
     assert_eq!((p.instance("a"), p.instance("b")), (a1, b1));
+    // status() lists a's discarded version as rolled back; it never served.
     let status = p.verdant.status();
     for loadable in &status.loadables {
         assert_eq!(loadable.current.as_ref().map(|c| c.generation), Some(1), "{status}");
-        assert!(loadable.retired.is_empty(), "{status}");
+        let retired: Vec<(RetireReason, u64)> =
+            loadable.retired.iter().map(|r| (r.reason, r.version.generation)).collect();
+        let expected = if loadable.name == "a" { vec![(RetireReason::RolledBack, 2)] } else { Vec::new() };
+        assert_eq!(retired, expected, "{status}");
     }
 
     // The discarded good-v2 instance of a was detached; the serving ones

@@ -26,27 +26,130 @@ use crate::loader::LoadedLibrary;
 use crate::Interface;
 
 /// An attach hook that exceeded the time limit and has not returned yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
+/// for stuck in verdant.status().stuck_attaches {
+///     eprintln!("attach of {} stuck on thread {}", stuck.loadable, stuck.thread);
+/// }
+/// # Ok::<(), verdant::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StuckAttach {
     /// The loadable whose hook is stuck.
     pub loadable: String,
     /// The name of the thread running it.
     pub thread: String,
     /// When the transaction gave up on it.
+    #[serde(serialize_with = "crate::serialize::time")]
     pub since: SystemTime,
+    #[serde(skip)]
     id: u64,
 }
 
-/// The registry's list of abandoned attach threads.
+/// An attach hook that returned after its transaction gave up on it: its
+/// loadable's reload had already failed ([`LoadError::AttachTimedOut`]), so
+/// the instance it made, if any, was detached at once and never served.
+///
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
+/// for late in verdant.status().late_attaches {
+///     eprintln!("{} ({}) attached too late: {}", late.loadable, late.library, late.result);
+/// }
+/// # Ok::<(), verdant::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LateAttach {
+    /// The loadable.
+    pub loadable: String,
+    /// The library's package name and version (`"shop-lib 0.1.1"`).
+    pub library: String,
+    /// The name of the thread that ran the hook.
+    pub thread: String,
+    /// When the transaction gave up on it.
+    #[serde(serialize_with = "crate::serialize::time")]
+    pub abandoned_at: SystemTime,
+    /// When the hook returned.
+    #[serde(serialize_with = "crate::serialize::time")]
+    pub returned_at: SystemTime,
+    /// What the hook returned, and what became of its instance.
+    pub result: LateResult,
+}
+
+/// What a late attach hook returned ([`LateAttach::result`]). In JSON:
+/// `{"result": "detach_panicked", "message": "..."}`.
+///
+/// ```
+/// let result = verdant::LateResult::AttachFailed("no database".into());
+/// assert_eq!(result.to_string(), "the hook returned an error: no database");
+/// let json = serde_json::to_string(&result).unwrap();
+/// assert_eq!(json, r#"{"result":"attach_failed","message":"no database"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", content = "message", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LateResult {
+    /// It attached; the instance was detached at once.
+    Detached,
+    /// It attached; detaching the instance panicked (contained).
+    DetachPanicked(String),
+    /// The hook returned an error.
+    AttachFailed(String),
+    /// The hook panicked (contained).
+    AttachPanicked(String),
+}
+
+impl std::fmt::Display for LateResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LateResult::Detached => f.write_str("attached, then detached at once"),
+            LateResult::DetachPanicked(message) => write!(f, "attached, then its detach panicked: {message}"),
+            LateResult::AttachFailed(message) => write!(f, "the hook returned an error: {message}"),
+            LateResult::AttachPanicked(message) => write!(f, "the hook panicked: {message}"),
+        }
+    }
+}
+
+/// How many late attaches `status()` keeps.
+const LATE_KEPT: usize = 8;
+
+/// The registry's list of abandoned attach threads, and of those that
+/// returned late.
 #[derive(Debug, Default)]
 pub(crate) struct StuckAttaches {
     list: Mutex<Vec<StuckAttach>>,
+    late: Mutex<Vec<LateAttach>>,
     next_id: AtomicU64,
 }
 
 impl StuckAttaches {
     pub(crate) fn snapshot(&self) -> Vec<StuckAttach> {
         self.list.lock().clone()
+    }
+
+    pub(crate) fn late(&self) -> Vec<LateAttach> {
+        self.late.lock().clone()
+    }
+
+    /// Moves stuck attach `id` to the late list with `result`.
+    fn returned_late(&self, id: u64, library: String, result: LateResult) {
+        let abandoned = {
+            let mut list = self.list.lock();
+            let at = list.iter().position(|s| s.id == id);
+            at.map(|at| list.remove(at))
+        };
+        let Some(stuck) = abandoned else { return };
+        let mut late = self.late.lock();
+        late.push(LateAttach {
+            loadable: stuck.loadable,
+            library,
+            thread: stuck.thread,
+            abandoned_at: stuck.since,
+            returned_at: SystemTime::now(),
+            result,
+        });
+        let excess = late.len().saturating_sub(LATE_KEPT);
+        late.drain(..excess);
     }
 }
 
@@ -100,13 +203,23 @@ pub(crate) fn attach<I: Interface + ?Sized>(
                 outcome.assume_init()
             };
             if let Some(late) = finisher.finish(outcome) {
-                stuck.list.lock().retain(|s| s.id != id);
-                if let Ok(instance) = late {
-                    tracing::warn!(thread = %std::thread::current().name().unwrap_or("?"), "an abandoned attach hook returned late; detaching its instance");
-                    if let Err(panic) = instance.retire() {
-                        tracing::error!(panic = panic.message(), "detach of a late instance panicked; contained");
+                let identity = thread_library.identity();
+                let library = format!("{} {}", identity.package, identity.package_version);
+                let result = match late {
+                    Ok(instance) => {
+                        tracing::warn!(thread = %std::thread::current().name().unwrap_or("?"), "an abandoned attach hook returned late; detaching its instance");
+                        match instance.retire() {
+                            Ok(()) => LateResult::Detached,
+                            Err(panic) => {
+                                tracing::error!(panic = panic.message(), "detach of a late instance panicked; contained");
+                                LateResult::DetachPanicked(panic.message().to_owned())
+                            }
+                        }
                     }
-                }
+                    Err(AttachFailure::Failed(message)) => LateResult::AttachFailed(message),
+                    Err(AttachFailure::Panicked(panic)) => LateResult::AttachPanicked(panic.message().to_owned()),
+                };
+                stuck.returned_late(id, library, result);
             }
             drop(thread_library);
         })
@@ -123,7 +236,8 @@ pub(crate) fn attach<I: Interface + ?Sized>(
         });
     });
     let Some(outcome) = outcome else {
-        tracing::error!(thread = %thread_name, limit = ?env.timeout, "attach hook timed out; thread abandoned");
+        // The failure itself is logged once, with the reload's report.
+        tracing::debug!(thread = %thread_name, limit = ?env.timeout, "attach hook timed out; thread abandoned");
         return Err(LoadError::AttachTimedOut { limit: env.timeout, thread: thread_name });
     };
     outcome.map_err(|failure| match failure {

@@ -16,6 +16,7 @@ use crate::error::LoadError;
 use crate::handle::Slot;
 use crate::loader::LoadedLibrary;
 use crate::runtime_watch::RuntimeWatch;
+use crate::status::{LoadableFailure, RetireReason};
 use crate::version::{DetachState, LibraryKeepAlive, Retirement, Version, VersionMeta};
 use crate::Interface;
 use verdant_loadable::http::{ExtensionContext, HttpExtension};
@@ -210,14 +211,21 @@ impl Entry {
     }
 }
 
-/// A version that stopped serving.
+/// A version that stopped serving (or never did: rolled back).
 pub(crate) struct Retired {
     pub meta: Arc<VersionMeta>,
     /// The version itself, alive while calls still pin it.
     pub pins: Weak<dyn Any + Send + Sync>,
+    pub reason: RetireReason,
 }
 
 impl Retired {
+    /// Calls and requests still running on it: its pins, less those that
+    /// serve it ([`VersionMeta::serving_pins`]).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.pins.strong_count().saturating_sub(self.meta.serving_pins.load(Ordering::Acquire))
+    }
+
     /// Unpinned and detached (or its detach failed): nothing will change.
     pub(crate) fn is_finished(&self) -> bool {
         self.pins.strong_count() == 0 && *self.meta.detach.lock() != DetachState::Pending
@@ -243,6 +251,12 @@ pub(crate) trait EntryOps: Send + Sync {
     /// Undoes [`revoke`](Self::revoke)'s refusal: the slot may serve again
     /// once a new version is committed (the manifest lists it again).
     fn reinstate(&self);
+    /// Why its newest build is not serving, if it failed last.
+    fn failure(&self) -> Option<Arc<LoadableFailure>>;
+    /// Records (or, `None`, clears) why its newest build is not serving.
+    fn set_failure(&self, failure: Option<Arc<LoadableFailure>>);
+    /// Points its handles at the registry (see `Slot::registry`).
+    fn set_registry(&self, registry: Weak<crate::registry::Inner>);
 }
 
 /// An attached version waiting for the transaction to commit. Dropping it
@@ -251,6 +265,9 @@ pub(crate) trait Prepared: Send {
     fn meta(&self) -> &Arc<VersionMeta>;
     /// Swaps the version in and returns the one it replaced.
     fn commit(self: Box<Self>) -> Option<Retired>;
+    /// Drops the version uncommitted (its instance detaches) and returns it
+    /// as a retired version, for `status()`.
+    fn roll_back(self: Box<Self>) -> Retired;
 }
 
 struct TypedOps<I: Interface + ?Sized> {
@@ -284,11 +301,23 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
 
     fn revoke(&self) -> Option<Retired> {
         self.slot.revoked.store(true, std::sync::atomic::Ordering::Release);
-        self.slot.store(None).map(retire)
+        self.slot.store(None).map(|old| retire(old, RetireReason::Revoked))
     }
 
     fn reinstate(&self) {
         self.slot.revoked.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn failure(&self) -> Option<Arc<LoadableFailure>> {
+        self.slot.failure.lock().clone()
+    }
+
+    fn set_failure(&self, failure: Option<Arc<LoadableFailure>>) {
+        *self.slot.failure.lock() = failure;
+    }
+
+    fn set_registry(&self, registry: Weak<crate::registry::Inner>) {
+        let _ = self.slot.registry.set(registry);
     }
 }
 
@@ -305,16 +334,20 @@ impl<I: Interface + ?Sized> Prepared for PreparedVersion<I> {
     fn commit(self: Box<Self>) -> Option<Retired> {
         // From here on the old version's strong count counts its pins (see
         // `Slot::store`), plus ours.
-        self.slot.store(Some(self.version)).map(retire)
+        self.slot.store(Some(self.version)).map(|old| retire(old, RetireReason::Replaced))
+    }
+
+    fn roll_back(self: Box<Self>) -> Retired {
+        retire(self.version, RetireReason::RolledBack)
     }
 }
 
 /// Marks `old` retired and lets go of the slot's reference: if no call pins
 /// it, it is detached right away (on the retirement thread).
-fn retire<I: Interface + ?Sized>(old: Arc<Version<I>>) -> Retired {
+fn retire<I: Interface + ?Sized>(old: Arc<Version<I>>, reason: RetireReason) -> Retired {
     *old.meta().retired_at.lock() = Some(SystemTime::now());
     let meta = old.meta().clone();
     let pins: Weak<dyn Any + Send + Sync> = Arc::downgrade(&old) as Weak<dyn Any + Send + Sync>;
     drop(old);
-    Retired { meta, pins }
+    Retired { meta, pins, reason }
 }

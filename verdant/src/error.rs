@@ -13,8 +13,14 @@ use crate::report::ReloadReport;
 use crate::Panicked;
 
 /// A step of the load pipeline, named in every error and timed in every
-/// report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// report. In JSON, its name in lower case (`"attach"`).
+///
+/// ```
+/// assert_eq!(verdant::Step::Attach.to_string(), "attach");
+/// assert_eq!(serde_json::to_string(&verdant::Step::Attach).unwrap(), r#""attach""#);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Step {
     /// Reading the built artifact and hashing it; only its `fstat` when
@@ -428,6 +434,16 @@ pub enum HandleError {
         /// The loadable.
         name: String,
     },
+    /// The loadable is not serving because the last transaction that tried
+    /// it failed (an attach or a reload); `Verdant::status()` has the
+    /// failure in full ([`LoadableStatus::failure`](crate::LoadableStatus::failure)).
+    #[error("loadable `{name}` is not serving: {reason}; fix it, then reload (Verdant::reload or kill -PIPE)")]
+    AttachFailed {
+        /// The loadable.
+        name: String,
+        /// Which transaction failed, at which step, and why.
+        reason: String,
+    },
     /// The registry was revoked.
     #[error("loadable `{name}` was revoked")]
     Revoked {
@@ -449,5 +465,142 @@ fn list(names: &[String]) -> String {
         "none".to_owned()
     } else {
         names.join(", ")
+    }
+}
+
+impl LoadError {
+    /// A stable, machine-readable name of the variant (`"attach_failed"`),
+    /// the `error` field of a [`StepError`] in JSON.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            LoadError::Read { .. } => "read",
+            LoadError::Copy { .. } => "copy",
+            LoadError::Empty => "empty",
+            LoadError::NotElf { .. } => "not_elf",
+            LoadError::WrongArchitecture { .. } => "wrong_architecture",
+            LoadError::NotSharedObject { .. } => "not_shared_object",
+            LoadError::Truncated { .. } => "truncated",
+            LoadError::Malformed { .. } => "malformed",
+            LoadError::NotVerdant { .. } => "not_verdant",
+            LoadError::DescriptorMismatch { .. } => "descriptor_mismatch",
+            LoadError::Open { .. } => "open",
+            LoadError::BadDescriptor { .. } => "bad_descriptor",
+            LoadError::RustcMismatch { .. } => "rustc_mismatch",
+            LoadError::VerdantMismatch { .. } => "verdant_mismatch",
+            LoadError::PanicAbort { .. } => "panic_abort",
+            LoadError::ConstructorAllocated { .. } => "constructor_allocated",
+            LoadError::TypeMismatch { .. } => "type_mismatch",
+            LoadError::AttachFailed { .. } => "attach_failed",
+            LoadError::AttachPanicked { .. } => "attach_panicked",
+            LoadError::AttachTimedOut { .. } => "attach_timed_out",
+            LoadError::Thread { .. } => "thread",
+            LoadError::Revoked => "revoked",
+        }
+    }
+}
+
+/// In JSON: `{"loadable", "step", "path", "error", "cause"}`, where `error`
+/// names the kind of failure (`"attach_failed"`, `"truncated"`, ...) and
+/// `cause` is its message.
+///
+/// ```
+/// let error = verdant::StepError {
+///     loadable: "shop".into(),
+///     step: verdant::Step::Read,
+///     path: "target/debug/libshop_lib.so".into(),
+///     kind: verdant::LoadError::Empty,
+/// };
+/// let json = serde_json::to_value(&error).unwrap();
+/// assert_eq!(json["step"], "read");
+/// assert_eq!(json["error"], "empty");
+/// assert_eq!(json["path"], "target/debug/libshop_lib.so");
+/// ```
+impl serde::Serialize for StepError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("StepError", 5)?;
+        out.serialize_field("loadable", &self.loadable)?;
+        out.serialize_field("step", &self.step)?;
+        out.serialize_field("path", &self.path.display().to_string())?;
+        out.serialize_field("error", self.kind.code())?;
+        out.serialize_field("cause", &self.kind.to_string())?;
+        out.end()
+    }
+}
+
+/// In JSON: `{"error": {..the first failure..}, "report": {..}}`.
+impl serde::Serialize for ReloadFailure {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("ReloadFailure", 2)?;
+        out.serialize_field("error", &self.error)?;
+        out.serialize_field("report", &self.report)?;
+        out.end()
+    }
+}
+
+impl Error {
+    /// A stable, machine-readable name of the variant (`"manifest"`), the
+    /// `kind` field of an error in JSON.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Error::Manifest(_) => "manifest",
+            Error::InvalidMount { .. } => "invalid_mount",
+            Error::DuplicateName { .. } => "duplicate_name",
+            Error::UnknownLoadable { .. } => "unknown_loadable",
+            Error::WrongInterface { .. } => "wrong_interface",
+            Error::NoMatch { .. } => "no_match",
+            Error::InvalidFilter { .. } => "invalid_filter",
+            Error::Reload(_) => "reload",
+            Error::UnknownGroupMember { .. } => "unknown_group_member",
+            Error::GroupConflict { .. } => "group_conflict",
+            Error::DuplicateGroup { .. } => "duplicate_group",
+            Error::Revoked => "revoked",
+            Error::PrivateDir { .. } => "private_dir",
+            Error::Worker { .. } => "worker",
+            Error::Signal { .. } => "signal",
+            Error::InvalidMountName { .. } => "invalid_mount_name",
+            Error::Panicked(_) => "panicked",
+        }
+    }
+}
+
+/// In JSON: `{"kind": "manifest", "message": "..."}` and, where there is
+/// more to say, a field with the details: `manifest` (file, line, column),
+/// `failure` (the first failure and the whole report of a strict-mode
+/// reload), `filter` and `registered` (a filter that matches nothing or
+/// does not parse).
+///
+/// ```
+/// let error = verdant::Error::NoMatch { filter: "shop-*".into(), registered: vec!["cart".into()] };
+/// let json = serde_json::to_value(&error).unwrap();
+/// assert_eq!(json["kind"], "no_match");
+/// assert_eq!(json["filter"], "shop-*");
+/// assert!(json["message"].as_str().unwrap().contains("matches no loadable"));
+/// ```
+impl serde::Serialize for Error {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut out = serializer.serialize_map(None)?;
+        out.serialize_entry("kind", self.code())?;
+        out.serialize_entry("message", &self.to_string())?;
+        match self {
+            Error::Manifest(manifest) => out.serialize_entry("manifest", manifest)?,
+            Error::Reload(failure) => out.serialize_entry("failure", failure)?,
+            Error::NoMatch { filter, registered } => {
+                out.serialize_entry("filter", filter)?;
+                out.serialize_entry("registered", registered)?;
+            }
+            Error::InvalidFilter { filter, reason } => {
+                out.serialize_entry("filter", filter)?;
+                out.serialize_entry("reason", reason)?;
+            }
+            Error::UnknownLoadable { name, registered } => {
+                out.serialize_entry("name", name)?;
+                out.serialize_entry("registered", registered)?;
+            }
+            _ => {}
+        }
+        out.end()
     }
 }

@@ -7,7 +7,9 @@ use crate::error::Error;
 /// A reload filter over loadable names.
 ///
 /// A plain string is an exact name unless it contains glob metacharacters
-/// (`*`, `?`, `[`), like greenium's filter strings; regexes are explicit.
+/// (`*`, `?`, `[`), like greenium's filter strings; regexes are explicit:
+/// [`Filter::regex`], or text that starts with `re:` (what the admin API's
+/// `POST /reload?filter=` takes).
 ///
 /// ```
 /// use verdant::Filter;
@@ -15,6 +17,7 @@ use crate::error::Error;
 /// assert!(!Filter::parse("shop").unwrap().matches("shopping"));
 /// assert!(Filter::parse("shop-*").unwrap().matches("shop-cart"));
 /// assert!(Filter::regex("^(shop|cart)$").unwrap().matches("cart"));
+/// assert!(Filter::parse("re:^(shop|cart)$").unwrap().matches("cart"));
 /// ```
 #[derive(Clone)]
 pub enum Filter {
@@ -27,12 +30,19 @@ pub enum Filter {
 }
 
 impl Filter {
-    /// An exact name, or a glob when `text` contains `*`, `?` or `[`.
+    /// A regex when `text` starts with `re:` (the rest is the regex), a glob
+    /// when it contains `*`, `?` or `[`, otherwise an exact name. (A
+    /// manifest entry's name cannot contain `:`.)
     ///
     /// ```
     /// assert!(verdant::Filter::parse("[").is_err());
+    /// assert!(matches!(verdant::Filter::parse("re:^shop"), Ok(verdant::Filter::Regex(_))));
+    /// assert!(verdant::Filter::parse("re:(").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Filter, Error> {
+        if let Some(pattern) = text.strip_prefix("re:") {
+            return Filter::regex(pattern);
+        }
         if text.contains(['*', '?', '[']) {
             glob::Pattern::new(text)
                 .map(Filter::Glob)

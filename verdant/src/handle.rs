@@ -18,13 +18,16 @@ use std::fmt;
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 
 use crate::error::HandleError;
 use crate::pin_cache::{self, Loaded};
-use crate::version::Version;
+use crate::registry::Inner;
+use crate::status::LoadableFailure;
+use crate::version::{Version, VersionMeta};
 use crate::Interface;
 
 /// The current version of one loadable, shared by the registry and handles.
@@ -36,11 +39,23 @@ pub(crate) struct Slot<I: Interface + ?Sized> {
     /// [`Slot::store`].
     pub(crate) current: ArcSwapOption<Version<I>>,
     pub(crate) revoked: AtomicBool,
+    /// Why its newest build is not serving (read only when `get` fails).
+    pub(crate) failure: Mutex<Option<Arc<LoadableFailure>>>,
+    /// The registry, for what host code notices about the loadable (a
+    /// contained panic, for the metrics); set when a handle is handed out.
+    pub(crate) registry: OnceLock<Weak<Inner>>,
 }
 
 impl<I: Interface + ?Sized> Slot<I> {
     pub(crate) fn new(name: Arc<str>) -> Self {
-        Slot { name, id: pin_cache::slot_id(), current: ArcSwapOption::empty(), revoked: AtomicBool::new(false) }
+        Slot {
+            name,
+            id: pin_cache::slot_id(),
+            current: ArcSwapOption::empty(),
+            revoked: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            registry: OnceLock::new(),
+        }
     }
 
     /// Stores `new` and returns the version it replaced. When it returns, no
@@ -146,9 +161,16 @@ impl<I: Interface + ?Sized> Handle<I> {
         let name = self.slot.name.to_string();
         if self.slot.revoked.load(Ordering::Acquire) {
             HandleError::Revoked { name }
+        } else if let Some(failure) = self.slot.failure.lock().as_deref() {
+            HandleError::AttachFailed { name, reason: failure.to_string() }
         } else {
             HandleError::NotAttached { name }
         }
+    }
+
+    /// The registry this handle came from, while it lives.
+    pub(crate) fn registry(&self) -> Option<Arc<Inner>> {
+        self.slot.registry.get().and_then(Weak::upgrade)
     }
 
     /// The loadable's registered name.
@@ -259,6 +281,11 @@ impl<I: Interface + ?Sized> Pinned<I> {
     /// ```
     pub fn package_version(&self) -> &str {
         &self.version().meta().info.package_version
+    }
+
+    /// The version's bookkeeping.
+    pub(crate) fn meta(&self) -> &Arc<VersionMeta> {
+        self.version().meta()
     }
 }
 

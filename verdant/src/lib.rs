@@ -82,16 +82,27 @@
 //!
 //! Each loadable is its own unit: one that fails at any step keeps serving
 //! its previous version (or stays unattached, to be tried again by the next
-//! attach or reload), its new instance, if it got one, is detached, and
-//! every other loadable is applied all the same: one bad build never takes
-//! the others down. Loadables that must change together form a
-//! [group](Builder::group), which is applied all-or-nothing. Every failure
-//! is logged at ERROR and reported per loadable ([`ReloadReport`]) with
-//! the loadable, the [`Step`] and the cause; in [strict
-//! mode](Builder::strict) it also makes the call return an
+//! attach or reload, and its handle's error says why), its new instance, if
+//! it got one, is detached, and every other loadable is applied all the
+//! same: one bad build never takes the others down. Loadables that must
+//! change together form a [group](Builder::group), which is applied
+//! all-or-nothing. Every transaction is logged once: each failed loadable
+//! at ERROR with the loadable, the [`Step`] and the cause (and what keeps
+//! serving), then its [`ReloadReport`] at INFO; in [strict
+//! mode](Builder::strict) a failure also makes the call return an
 //! [`Error::Reload`]. Reloads are serialised, and triggers that arrive
 //! during a reload coalesce into one follow-up, so the newest build is
 //! never missed.
+//!
+//! # Operating it
+//!
+//! [`Verdant::status`] says what serves, what is retired and how many
+//! calls and requests still run on it, why a loadable is not serving, and
+//! how the last reload went; every part of it serializes to JSON.
+//! [`Verdant::metrics_text`] is the registry's Prometheus metrics (one
+//! explicit registry per [`Verdant`], nothing process-global), and
+//! [`axum::admin`] serves both, and reloads, over HTTP behind a bearer
+//! token, for a listener of its own.
 //!
 //! # The boundary, host side
 //!
@@ -134,11 +145,13 @@ mod handoff;
 mod loader;
 pub mod manifest;
 mod manifest_diff;
+mod metrics;
 mod pin_cache;
 mod private_dir;
 mod registry;
 mod report;
 mod runtime_watch;
+mod serialize;
 mod sigpipe;
 mod status;
 mod sync;
@@ -149,15 +162,16 @@ mod version;
 #[cfg(test)]
 mod pipeline_tests;
 
-pub use attach::StuckAttach;
+pub use attach::{LateAttach, LateResult, StuckAttach};
 pub use error::{Error, HandleError, LoadError, ReloadFailure, Step, StepError};
 pub use filter::{Filter, Select};
 pub use handle::{Handle, Pinned};
 pub use manifest::{Manifest, ManifestEntry, ManifestError};
+pub use metrics::METRICS_CONTENT_TYPE;
 pub use registry::{Builder, Verdant, DEFAULT_ATTACH_TIMEOUT};
 pub use report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 pub use sigpipe::SigpipeStats;
-pub use status::{LoadableStatus, RetiredStatus, Status};
+pub use status::{LastReload, LoadableFailure, LoadableStatus, RetireReason, RetiredStatus, Status};
 pub use version::DetachState;
 
 // What crosses the boundary is defined once, in the crate every library

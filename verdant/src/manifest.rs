@@ -311,7 +311,8 @@ impl Manifest {
 /// let err = Manifest::parse("[[loadable]]\nname = \"a b\"\npath = \"x.so\"\n", Path::new("verdant.toml")).unwrap_err();
 /// assert_eq!(err.kind(), ManifestErrorKind::InvalidName);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ManifestErrorKind {
     /// The manifest file could not be read (missing, unreadable, not UTF-8).
@@ -485,6 +486,29 @@ impl ManifestError {
     /// ```
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+/// In JSON: `{"file", "line", "column", "kind", "message"}` (line and column
+/// are 1-based; 0 for a file that could not be read).
+///
+/// ```
+/// use std::path::Path;
+/// let err = verdant::Manifest::parse("[loadable", Path::new("verdant.toml")).unwrap_err();
+/// let json = serde_json::to_value(&err).unwrap();
+/// assert_eq!((json["file"].as_str(), json["line"].as_u64()), (Some("verdant.toml"), Some(1)));
+/// assert_eq!(json["kind"], "syntax");
+/// ```
+impl serde::Serialize for ManifestError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("ManifestError", 5)?;
+        out.serialize_field("file", &self.file.display().to_string())?;
+        out.serialize_field("line", &self.line)?;
+        out.serialize_field("column", &self.column)?;
+        out.serialize_field("kind", &self.kind)?;
+        out.serialize_field("message", &self.message)?;
+        out.end()
     }
 }
 

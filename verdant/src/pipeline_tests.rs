@@ -78,7 +78,10 @@ fn a_failed_read_names_the_step_and_loads_nothing() {
     assert_eq!(failure.report.loadables[0].steps.len(), 1);
     assert!(files_in(verdant.private_dir()).is_empty());
     let handle = verdant.handle::<dyn Nothing>("nothing").expect("handle");
-    assert!(matches!(handle.get(), Err(HandleError::NotAttached { .. })));
+    match handle.get() {
+        Err(HandleError::AttachFailed { reason, .. }) => assert!(reason.contains("failed at step `read`"), "{reason}"),
+        other => panic!("expected AttachFailed, got {other:?}"),
+    }
 }
 
 #[test]
@@ -136,5 +139,8 @@ fn outside_strict_mode_a_failure_is_reported_not_returned() {
     assert!(report.to_string().contains("nothing: FAILED at read, not serving: "), "{report}");
     assert!(files_in(verdant.private_dir()).is_empty());
     let handle = verdant.handle::<dyn Nothing>("nothing").expect("handle");
-    assert!(matches!(handle.get(), Err(HandleError::NotAttached { .. })));
+    match handle.get() {
+        Err(HandleError::AttachFailed { reason, .. }) => assert!(reason.contains("failed at step `read`"), "{reason}"),
+        other => panic!("expected AttachFailed, got {other:?}"),
+    }
 }

@@ -1,11 +1,11 @@
 //! The registry: [`Verdant`] and its [`Builder`].
 
 use std::any::Any;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -18,10 +18,11 @@ use crate::handle::{Handle, Slot};
 use crate::loader::{Stages, System};
 use crate::manifest::Manifest;
 use crate::manifest_diff;
+use crate::metrics::{Gauges, Metrics};
 use crate::private_dir::PrivateDir;
-use crate::report::{ReloadReport, Trigger};
+use crate::report::{Outcome, ReloadReport, Trigger};
 use crate::sigpipe::{self, SigpipeCounters};
-use crate::status::{LoadableStatus, Mappings, RetiredStatus, Status};
+use crate::status::{LastReload, LoadableFailure, LoadableStatus, Mappings, RetireReason, RetiredStatus, Status};
 use crate::transaction::{self, Mode};
 use crate::trigger::{self, Coordinator, Request, Waiter};
 use crate::version::Retirement;
@@ -291,7 +292,9 @@ impl Builder {
             Retirement::start().map_err(|e| Error::Worker { what: "retirement", reason: e.to_string() })?;
         let coordinator = Arc::new(Coordinator::default());
         let current_runtime = tokio::runtime::Handle::try_current().ok();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|inner: &Weak<Inner>| Inner {
+            metrics: Metrics::new(inner.clone()),
+            last_reload: Mutex::new(None),
             context: self.context,
             context_fingerprint: self.context_fingerprint,
             strict: self.strict,
@@ -328,13 +331,15 @@ fn loadable_status(entry: &Entry, mappings: &Mappings) -> LoadableStatus {
         mount: entry.mount.as_deref().map(str::to_owned),
         group: entry.group.as_deref().map(str::to_owned),
         current: entry.ops.current().map(|meta| meta.info.clone()),
+        failure: entry.ops.failure().map(|failure| (*failure).clone()),
         retired: entry.with_retired(|retired| {
             retired
                 .iter()
                 .map(|retired| RetiredStatus {
                     version: retired.meta.info.clone(),
+                    reason: retired.reason,
                     retired_at: *retired.meta.retired_at.lock(),
-                    in_flight: retired.pins.strong_count(),
+                    in_flight: retired.in_flight(),
                     tasks_running: retired.meta.tasks_running(),
                     detach: retired.meta.detach.lock().clone(),
                     mapped: mappings.bytes(&retired.meta.copy) > 0,
@@ -343,6 +348,31 @@ fn loadable_status(entry: &Entry, mappings: &Mappings) -> LoadableStatus {
                 })
                 .collect()
         }),
+    }
+}
+
+/// Logs each failed loadable of `report` once, at ERROR, with the loadable,
+/// step, file and cause as fields, and what keeps serving.
+fn log_failures(report: &ReloadReport) {
+    for loadable in &report.loadables {
+        let Outcome::Failed(error) = &loadable.outcome else { continue };
+        let consequence = match (&loadable.group, &loadable.serving) {
+            (Some(group), Some(_)) => format!("no member of group `{group}` is swapped in; they keep what they had"),
+            (Some(group), None) => format!("no member of group `{group}` is swapped in; this loadable is not serving"),
+            (None, Some(serving)) => format!("{serving} keeps serving"),
+            (None, None) => "this loadable is not serving".to_owned(),
+        };
+        tracing::error!(
+            generation = report.generation,
+            loadable = %error.loadable,
+            step = %error.step,
+            path = %error.path.display(),
+            cause = %error.kind,
+            "{} #{} failed to load `{}`; {consequence}",
+            report.trigger.verb(),
+            report.generation,
+            error.loadable
+        );
     }
 }
 
@@ -474,6 +504,10 @@ pub(crate) struct Inner {
     sigpipe_listener: Mutex<Option<sigpipe::Listener>>,
     /// Told after every change of what serves (see [`ChangeListener`]).
     listeners: Mutex<Vec<Weak<dyn ChangeListener>>>,
+    /// The registry's Prometheus metrics.
+    metrics: Metrics,
+    /// The last transaction's result (`finish`).
+    last_reload: Mutex<Option<LastReload>>,
 }
 
 /// Something that derives state from what serves (the HTTP pipeline) and
@@ -538,6 +572,7 @@ impl Verdant {
     /// ```
     pub fn handle<I: Interface + ?Sized>(&self, name: &str) -> Result<Handle<I>, Error> {
         let entry = self.inner.entry(name)?;
+        entry.ops.set_registry(Arc::downgrade(&self.inner));
         match entry.slot.clone().downcast::<Slot<I>>() {
             Ok(slot) => Ok(Handle::new(slot)),
             Err(_) => Err(Error::WrongInterface {
@@ -552,7 +587,9 @@ impl Verdant {
     /// its own (the members of a [group](Builder::group) together): every
     /// loadable that can attach serves, whatever the others do. A loadable
     /// that failed stays unattached (its handle's `get()` answers
-    /// `NotAttached`), and the next `attach` or reload tries it again.
+    /// [`HandleError::AttachFailed`](crate::HandleError::AttachFailed) with
+    /// the step and the cause), and the next `attach` or reload tries it
+    /// again.
     /// Repeated calls with nothing new to attach do nothing and return an
     /// empty report.
     ///
@@ -582,7 +619,9 @@ impl Verdant {
         if targets.is_empty() {
             return Ok(self.inner.empty_report(Trigger::Attach));
         }
+        let started = Instant::now();
         let result = transaction::run(&self.inner, &targets, Mode::Attach, Trigger::Attach, 1);
+        self.inner.finish(Trigger::Attach, started, &result);
         self.inner.notify_changed();
         result
     }
@@ -718,8 +757,42 @@ impl Verdant {
             loadables,
             removed,
             stuck_attaches: self.inner.stuck.snapshot(),
+            late_attaches: self.inner.stuck.late(),
             sigpipe: self.inner.sigpipe.stats(),
+            last_reload: self.inner.last_reload.lock().clone(),
         }
+    }
+
+    /// The registry's metrics in the Prometheus text exposition format
+    /// (serve it with the `Content-Type` [`METRICS_CONTENT_TYPE`](crate::METRICS_CONTENT_TYPE)),
+    /// for a host that has a metrics endpoint of its own; the admin router
+    /// ([`axum::admin`](crate::axum::admin)) serves it as `GET /metrics`.
+    /// The metrics and what they mean:
+    ///
+    /// | metric | type | meaning |
+    /// |---|---|---|
+    /// | `verdant_reloads_total{result="success\|failure"}` | counter | transactions: attaches, reload calls, signals; a manifest that does not validate is a failure |
+    /// | `verdant_last_reload_successful` | gauge | 1 if the last one applied every loadable it selected, else 0 (1 before the first) |
+    /// | `verdant_last_reload_success_timestamp_seconds` | gauge | when the last successful one ended, in seconds since the Unix epoch (0: never) |
+    /// | `verdant_reload_duration_seconds` | histogram | how long each took, reading the manifest included |
+    /// | `verdant_generation` | gauge | the generation of the last transaction started |
+    /// | `verdant_requests_in_flight{loadable,version,generation}` | gauge | calls and requests still running on a retired version ([`RetiredStatus::in_flight`]) |
+    /// | `verdant_retired_versions` | gauge | loaded versions that do not serve (replaced, removed, rolled back, or whose attach failed) and are still mapped |
+    /// | `verdant_retired_mapped_bytes` | gauge | the address space those libraries still take |
+    /// | `verdant_library_panics_total{loadable}` | counter | panics in library code that the host contained and saw |
+    /// | `verdant_sigpipe_ignored_total` | counter | SIGPIPEs this process raised itself (broken pipes), ignored |
+    ///
+    /// Every registry has metrics of its own; nothing is process-global.
+    ///
+    /// ```
+    /// let verdant = verdant::Verdant::builder(()).build()?;
+    /// let text = verdant.metrics_text();
+    /// assert!(text.contains("verdant_reloads_total{result=\"failure\"} 0"));
+    /// assert!(text.contains("verdant_generation 0"));
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.encode()
     }
 
     /// The registered loadable names, in registration order.
@@ -845,7 +918,15 @@ impl Inner {
     ) -> Result<ReloadReport, Error> {
         let _transaction = self.transaction.lock();
         self.check_not_revoked()?;
-        let touched = self.apply_manifest()?;
+        let started = Instant::now();
+        let touched = match self.apply_manifest() {
+            Ok(touched) => touched,
+            Err(error) => {
+                let result = Err(error);
+                self.finish(trigger, started, &result);
+                return result;
+            }
+        };
         let entries = self.entries.read().clone();
         let selected = |e: &Entry| !e.dormant && (names.contains(&e.name) || touched.contains(&e.name));
         // A group is reloaded as a whole: selecting a member selects it.
@@ -857,8 +938,120 @@ impl Inner {
             .cloned()
             .collect();
         let result = transaction::run(self, &targets, Mode::Reload, trigger, coalesced);
+        self.finish(trigger, started, &result);
         self.notify_changed();
         result
+    }
+
+    /// Where every transaction ends (attach, reload call, signal; a
+    /// manifest that does not validate too): logs its result once (each
+    /// failed loadable at ERROR with its step and cause and what keeps
+    /// serving, then the report at INFO without the causes again; a
+    /// manifest error at ERROR), records why each failed loadable is not
+    /// serving, counts it in the metrics and keeps it as the last reload.
+    /// Call before `notify_changed`, so that what is rebuilt then sees the
+    /// failures.
+    fn finish(&self, trigger: Trigger, started: Instant, result: &Result<ReloadReport, Error>) {
+        let (report, error) = match result {
+            Ok(report) => (Some(report), None),
+            Err(Error::Reload(failure)) => (Some(&failure.report), None),
+            // Revoked meanwhile: nothing is served any more, nothing to tell.
+            Err(Error::Revoked) => return,
+            Err(error) => (None, Some(error)),
+        };
+        let finished_at = SystemTime::now();
+        let success = error.is_none() && report.is_some_and(ReloadReport::is_success);
+        if let Some(report) = report {
+            self.record_failures(report, finished_at);
+            if success {
+                tracing::info!("{}", report.to_string().trim_end());
+            } else {
+                log_failures(report);
+                tracing::info!("{}", report.overview().trim_end());
+            }
+        }
+        if let Some(error) = error {
+            tracing::error!(%error, "{} failed", trigger.verb());
+        }
+        self.metrics.reloaded(success, started.elapsed(), finished_at);
+        *self.last_reload.lock() =
+            Some(LastReload { trigger, finished_at, success, report: report.cloned(), error: error.cloned() });
+    }
+
+    /// Records, for every loadable of `report`, why its newest build is not
+    /// serving (its own failure, or that of the member of its group that
+    /// failed), or clears it when it was applied.
+    fn record_failures(&self, report: &ReloadReport, failed_at: SystemTime) {
+        let entries = self.entries.read().clone();
+        for loadable in &report.loadables {
+            let Some(entry) = entries.iter().find(|e| *e.name == loadable.name) else { continue };
+            let failure = |error: &crate::StepError, own: bool| {
+                Some(Arc::new(LoadableFailure { generation: report.generation, failed_at, error: error.clone(), own }))
+            };
+            let failure = match &loadable.outcome {
+                Outcome::Swapped { .. } | Outcome::Unchanged { .. } => None,
+                Outcome::Failed(error) => failure(error, true),
+                Outcome::RolledBack { .. } | Outcome::NotReached => report
+                    .loadables
+                    .iter()
+                    .filter(|other| other.group.is_some() && other.group == loadable.group)
+                    .find_map(|other| match &other.outcome {
+                        Outcome::Failed(error) => failure(error, false),
+                        _ => None,
+                    }),
+            };
+            entry.ops.set_failure(failure);
+        }
+    }
+
+    /// Counts a panic in `loadable`'s library code that the host contained
+    /// (`verdant_library_panics_total`). Call it wherever host code sees
+    /// one: a request answered 500, an `Err(Panicked)` delivered, a panic
+    /// re-raised and caught.
+    pub(crate) fn count_library_panic(&self, loadable: &str) {
+        self.metrics.library_panic(loadable);
+    }
+
+    /// What the metrics read at scrape time.
+    pub(crate) fn gauges(&self) -> Gauges {
+        let mappings = Mappings::read();
+        let mut entries = self.entries.read().clone();
+        entries.extend(self.removed.lock().iter().cloned());
+        let mut serving = BTreeSet::new();
+        // A dormant loadable and its removed entry share their retired
+        // versions: keyed by loadable and generation, each counts once.
+        let mut in_flight = BTreeMap::new();
+        for entry in &entries {
+            if let Some(current) = entry.ops.current() {
+                serving.insert(current.copy.clone());
+            }
+            entry.with_retired(|retired| {
+                for retired in retired.iter().filter(|r| !r.is_finished()) {
+                    let info = &retired.meta.info;
+                    in_flight.insert(
+                        (entry.name.to_string(), info.generation),
+                        (info.package_version.clone(), retired.in_flight()),
+                    );
+                }
+            });
+        }
+        let (mut retired_versions, mut retired_mapped_bytes) = (0, 0);
+        for (copy, bytes) in mappings.under(self.private_dir.path()) {
+            if !serving.contains(copy) {
+                retired_versions += 1;
+                retired_mapped_bytes += bytes;
+            }
+        }
+        Gauges {
+            generation: self.generation.load(Ordering::Acquire),
+            in_flight: in_flight
+                .into_iter()
+                .map(|((loadable, generation), (version, count))| (loadable, version, generation, count))
+                .collect(),
+            retired_versions,
+            retired_mapped_bytes,
+            sigpipe_ignored: self.sigpipe.stats().ignored_self_sent,
+        }
     }
 
     /// Reads the manifest again and applies it (call with the transaction
@@ -876,7 +1069,8 @@ impl Inner {
         }
         *self.entries.write() = diff.entries;
         for entry in &diff.removed {
-            if let Some(retired) = entry.ops.revoke() {
+            if let Some(mut retired) = entry.ops.revoke() {
+                retired.reason = RetireReason::Removed;
                 entry.record_retired(retired);
             }
             tracing::info!(loadable = %entry.name, manifest = %path.display(), "removed: the manifest no longer lists it");

@@ -1,4 +1,8 @@
 //! Reload reports: what each reload did, per loadable, with step times.
+//!
+//! Every type here serializes (serde) to readable JSON, as the admin API
+//! answers it: times in seconds since the Unix epoch and durations in
+//! seconds (floats), paths as strings, hashes as full hex.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -6,8 +10,14 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::{Step, StepError};
 
-/// What started a transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What started a transaction. In JSON: `{"kind": "signal", "sender": 4242}`.
+///
+/// ```
+/// let json = serde_json::to_string(&verdant::Trigger::Signal { sender: 4242 }).unwrap();
+/// assert_eq!(json, r#"{"kind":"signal","sender":4242}"#);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Trigger {
     /// [`Verdant::attach`](crate::Verdant::attach).
@@ -80,6 +90,13 @@ impl fmt::Display for ContentHash {
     }
 }
 
+/// In JSON: the full hash as lowercase hex.
+impl serde::Serialize for ContentHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
 impl fmt::Debug for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ContentHash({self})")
@@ -87,7 +104,15 @@ impl fmt::Debug for ContentHash {
 }
 
 /// One loaded version of a loadable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// # fn f(version: &verdant::VersionInfo) {
+/// println!("{version}"); // shop-lib 0.1.1 (generation 2, 7f833c0c09fd)
+/// let json = serde_json::to_value(version).unwrap();
+/// assert!(json["loaded_at"].is_f64()); // seconds since the Unix epoch
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VersionInfo {
     /// The generation of the transaction that loaded it.
     pub generation: u64,
@@ -98,6 +123,7 @@ pub struct VersionInfo {
     /// The artifact's content hash.
     pub hash: ContentHash,
     /// When it was loaded.
+    #[serde(serialize_with = "crate::serialize::time")]
     pub loaded_at: SystemTime,
 }
 
@@ -107,12 +133,19 @@ impl fmt::Display for VersionInfo {
     }
 }
 
-/// How long one step took.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How long one step took. In JSON: `{"step": "read", "duration": 0.0175}`
+/// (seconds).
+///
+/// ```
+/// let time = verdant::StepTime { step: verdant::Step::Read, duration: std::time::Duration::from_millis(250) };
+/// assert_eq!(serde_json::to_string(&time).unwrap(), r#"{"step":"read","duration":0.25}"#);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct StepTime {
     /// The step.
     pub step: Step,
     /// Its wall-clock duration.
+    #[serde(serialize_with = "crate::serialize::duration")]
     pub duration: Duration,
 }
 
@@ -124,6 +157,10 @@ pub struct StepTime {
 /// keeps the version it had ([`LoadableReport::serving`]), while other units
 /// were applied regardless.
 ///
+/// In JSON the variant is the field `outcome` (`"swapped"`, `"unchanged"`,
+/// `"failed"`, `"rolled_back"`, `"not_reached"`) beside the variant's
+/// fields; a failure's are those of its [`StepError`].
+///
 /// ```
 /// # fn f(outcome: &verdant::Outcome) -> &'static str {
 /// match outcome {
@@ -131,8 +168,11 @@ pub struct StepTime {
 ///     _ => "kept what it had",
 /// }
 /// # }
+/// let json = serde_json::to_string(&verdant::Outcome::NotReached).unwrap();
+/// assert_eq!(json, r#"{"outcome":"not_reached"}"#);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Outcome {
     /// The new version is serving; `old` (if any) is retired.
@@ -171,11 +211,19 @@ impl Outcome {
 }
 
 /// One loadable's part of a [`ReloadReport`].
-#[derive(Debug, Clone)]
+///
+/// ```
+/// # fn f(report: &verdant::LoadableReport) {
+/// let json = serde_json::to_value(report).unwrap();
+/// println!("{}: {}", json["name"], json["outcome"]["outcome"]);
+/// # }
+/// ```
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadableReport {
     /// The loadable's name.
     pub name: String,
     /// Its registered artifact path.
+    #[serde(serialize_with = "crate::serialize::path")]
     pub path: PathBuf,
     /// The [group](crate::Builder::group) it belongs to, if any: the
     /// loadables that were applied or kept together with it.
@@ -250,7 +298,8 @@ impl ReloadReport {
     }
 
     /// Whether every loadable of the transaction was applied: swapped in or
-    /// unchanged. True for a report with no loadables.
+    /// unchanged. True for a report with no loadables. (In JSON, the field
+    /// `success`.)
     ///
     /// ```
     /// # fn f(verdant: &verdant::Verdant) -> Result<(), verdant::Error> {
@@ -298,8 +347,51 @@ impl ReloadReport {
     }
 }
 
+/// In JSON: `{"generation", "trigger", "coalesced", "success", "duration",
+/// "loadables"}`, where `success` is [`ReloadReport::is_success`] and
+/// `duration` is in seconds.
+///
+/// ```
+/// # fn f(report: &verdant::ReloadReport) {
+/// let json = serde_json::to_value(report).unwrap();
+/// assert_eq!(json["success"].as_bool(), Some(report.is_success()));
+/// # }
+/// ```
+impl serde::Serialize for ReloadReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("ReloadReport", 6)?;
+        out.serialize_field("generation", &self.generation)?;
+        out.serialize_field("trigger", &self.trigger)?;
+        out.serialize_field("coalesced", &self.coalesced)?;
+        out.serialize_field("success", &self.is_success())?;
+        out.serialize_field("duration", &self.duration.as_secs_f64())?;
+        out.serialize_field("loadables", &self.loadables)?;
+        out.end()
+    }
+}
+
 impl fmt::Display for ReloadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, true)
+    }
+}
+
+impl ReloadReport {
+    /// The report as [`Display`](fmt::Display) shows it, except that a
+    /// failed loadable's cause is left out (the registry logs each failure
+    /// on its own, with the cause, right before this).
+    pub(crate) fn overview(&self) -> String {
+        struct Overview<'a>(&'a ReloadReport);
+        impl fmt::Display for Overview<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write(f, false)
+            }
+        }
+        Overview(self).to_string()
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, causes: bool) -> fmt::Result {
         writeln!(f, "{} #{} ({:?}, {:.1?}):", self.trigger.verb(), self.generation, self.trigger, self.duration)?;
         for loadable in &self.loadables {
             write!(f, "  {}", loadable.name)?;
@@ -316,7 +408,10 @@ impl fmt::Display for ReloadReport {
                 Outcome::Swapped { old: Some(old), new } => write!(f, "swapped {old} -> {new}")?,
                 Outcome::Swapped { old: None, new } => write!(f, "attached {new}")?,
                 Outcome::Unchanged { current } => write!(f, "unchanged, {current}")?,
-                Outcome::Failed(error) => write!(f, "FAILED at {}, {}: {}", error.step, kept(), error.kind)?,
+                Outcome::Failed(error) if causes => write!(f, "FAILED at {}, {}: {}", error.step, kept(), error.kind)?,
+                Outcome::Failed(error) => {
+                    write!(f, "FAILED at {}, {} (the error is logged above)", error.step, kept())?
+                }
                 Outcome::RolledBack { discarded } => write!(f, "rolled back {discarded}, {}", kept())?,
                 Outcome::NotReached => write!(f, "not reached, {}", kept())?,
             }

@@ -77,7 +77,7 @@ pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// println!("{} operator signals, {} broken pipes", sigpipe.reloads_triggered, sigpipe.ignored_self_sent);
 /// # Ok::<(), verdant::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SigpipeStats {
     /// Whether `reload_on_sigpipe` is active.
     pub listening: bool,

@@ -1,14 +1,22 @@
-//! What `Verdant::status()` reports: serving and retired versions, pins in
-//! flight, detach results, whether retired files are still mapped, stuck
+//! What `Verdant::status()` reports: serving and retired versions, calls
+//! and requests in flight, detach results, whether retired files are still
+//! mapped, why a loadable is not serving, the last reload, stuck and late
 //! attach threads and SIGPIPE counters.
+//!
+//! Every type here serializes (serde) to the JSON of the admin API's
+//! `/status`: times in seconds since the Unix epoch (floats), paths as
+//! strings, hashes as hex.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::attach::StuckAttach;
-use crate::report::VersionInfo;
+use serde::Serialize;
+
+use crate::attach::{LateAttach, StuckAttach};
+use crate::error::{Error, StepError};
+use crate::report::{ReloadReport, Trigger, VersionInfo};
 use crate::sigpipe::SigpipeStats;
 use crate::version::DetachState;
 
@@ -19,11 +27,13 @@ use crate::version::DetachState;
 /// let status = verdant.status();
 /// println!("{status}");
 /// for retired in status.loadables.iter().flat_map(|l| &l.retired) {
-///     println!("{} pins, mapped: {}", retired.in_flight, retired.mapped);
+///     println!("{} requests in flight, mapped: {}", retired.in_flight, retired.mapped);
 /// }
+/// let json = serde_json::to_value(&status).unwrap(); // what the admin API's /status answers
+/// assert_eq!(json["generation"], 0);
 /// # Ok::<(), verdant::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// The generation of the last transaction started, including a failed
     /// or still running one (0 before the first attach). Every transaction
@@ -35,6 +45,7 @@ pub struct Status {
     /// Whether strict mode is on.
     pub strict: bool,
     /// Where private copies of libraries live.
+    #[serde(serialize_with = "crate::serialize::path")]
     pub private_dir: PathBuf,
     /// Every loadable, in registration order (the manifest's entries in its
     /// order).
@@ -44,16 +55,140 @@ pub struct Status {
     pub removed: Vec<LoadableStatus>,
     /// Attach hooks that exceeded the time limit and have not returned.
     pub stuck_attaches: Vec<StuckAttach>,
+    /// Attach hooks that returned after the time limit (the newest 8):
+    /// their instances were detached at once and never served.
+    pub late_attaches: Vec<LateAttach>,
     /// SIGPIPE listener counters.
     pub sigpipe: SigpipeStats,
+    /// The last attach or reload (a call, a signal), successful or not;
+    /// `None` before the first. A manifest that does not validate is a
+    /// failed reload too.
+    pub last_reload: Option<LastReload>,
+}
+
+/// The last transaction of a registry, in [`Status::last_reload`].
+///
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
+/// if let Some(last) = verdant.status().last_reload {
+///     if !last.success {
+///         eprintln!("the last reload failed: {}", last.summary());
+///     }
+/// }
+/// # Ok::<(), verdant::Error>(())
+/// ```
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    /// What started it.
+    pub trigger: Trigger,
+    /// When it ended.
+    #[serde(serialize_with = "crate::serialize::time")]
+    pub finished_at: SystemTime,
+    /// Whether every loadable it selected was applied.
+    pub success: bool,
+    /// Its report; `None` when it failed before any loadable was tried (a
+    /// manifest that does not validate: see `error`).
+    pub report: Option<ReloadReport>,
+    /// What failed it as a whole, when that is not a loadable's failure
+    /// (those are in the report): the manifest error, say.
+    pub error: Option<Error>,
+}
+
+impl LastReload {
+    /// One line: the generation and what failed, or that it succeeded.
+    ///
+    /// ```
+    /// # fn f(last: &verdant::LastReload) {
+    /// println!("last reload: {}", last.summary());
+    /// # }
+    /// ```
+    pub fn summary(&self) -> String {
+        if let Some(error) = &self.error {
+            return format!("failed: {error}");
+        }
+        let Some(report) = &self.report else { return "no report".to_owned() };
+        let failures: Vec<String> = report
+            .failures()
+            .map(|(name, error)| format!("`{name}` at step `{}`: {}", error.step, error.kind))
+            .collect();
+        if failures.is_empty() {
+            format!("#{} succeeded", report.generation)
+        } else {
+            format!("#{} failed: {}", report.generation, failures.join("; "))
+        }
+    }
+}
+
+/// Why a loadable's newest build is not serving: the failure of the last
+/// transaction that tried it, kept until a later one applies it
+/// ([`LoadableStatus::failure`]). A handle whose loadable never attached
+/// says it in its error ([`HandleError::AttachFailed`](crate::HandleError::AttachFailed)).
+///
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
+/// for loadable in verdant.status().loadables {
+///     if let Some(failure) = &loadable.failure {
+///         eprintln!("{}: {failure}", loadable.name);
+///     }
+/// }
+/// # Ok::<(), verdant::Error>(())
+/// ```
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadableFailure {
+    /// The generation of the transaction that failed it.
+    pub generation: u64,
+    /// When that transaction ended.
+    #[serde(serialize_with = "crate::serialize::time")]
+    pub failed_at: SystemTime,
+    /// The failure: this loadable's own, or, when `own` is false, that of
+    /// the member of its [group](crate::Builder::group) that failed.
+    pub error: StepError,
+    /// Whether `error` is this loadable's own. False: its own build was
+    /// fine, but its group was not applied (it was rolled back or not
+    /// reached).
+    pub own: bool,
+}
+
+impl fmt::Display for LoadableFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let error = &self.error;
+        if self.own {
+            write!(
+                f,
+                "transaction #{} failed at step `{}` ({}): {}",
+                self.generation,
+                error.step,
+                error.path.display(),
+                error.kind
+            )
+        } else {
+            write!(
+                f,
+                "transaction #{} did not apply its group: `{}` failed at step `{}`: {}",
+                self.generation, error.loadable, error.step, error.kind
+            )
+        }
+    }
 }
 
 /// One loadable in a [`Status`].
-#[derive(Debug, Clone)]
+///
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
+/// for loadable in verdant.status().loadables {
+///     match &loadable.current {
+///         Some(version) => println!("{}: {version}", loadable.name),
+///         None => println!("{}: not serving", loadable.name),
+///     }
+/// }
+/// # Ok::<(), verdant::Error>(())
+/// ```
+#[derive(Debug, Clone, Serialize)]
 pub struct LoadableStatus {
     /// Its name.
     pub name: String,
     /// Its registered artifact path.
+    #[serde(serialize_with = "crate::serialize::path")]
     pub path: PathBuf,
     /// The interface it serves.
     pub interface: &'static str,
@@ -63,19 +198,73 @@ pub struct LoadableStatus {
     pub group: Option<String>,
     /// The version serving now.
     pub current: Option<VersionInfo>,
-    /// Versions that stopped serving, oldest first: every one still pinned
-    /// or awaiting detach, and the newest 32 finished ones.
+    /// Why its newest build is not serving, if the last transaction that
+    /// tried it failed (cleared once one applies it).
+    pub failure: Option<LoadableFailure>,
+    /// Versions that stopped serving or never served (rolled back), oldest
+    /// first: every one still pinned or awaiting detach, and the newest 32
+    /// finished ones.
     pub retired: Vec<RetiredStatus>,
 }
 
-/// A version that stopped serving.
-#[derive(Debug, Clone)]
+/// Why a version stopped serving, or never did.
+///
+/// ```
+/// assert_eq!(serde_json::to_string(&verdant::RetireReason::RolledBack).unwrap(), r#""rolled_back""#);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetireReason {
+    /// A newer version was swapped in.
+    Replaced,
+    /// The manifest no longer lists its loadable.
+    Removed,
+    /// [`Verdant::revoke`](crate::Verdant::revoke).
+    Revoked,
+    /// It attached, but another member of its [group](crate::Builder::group)
+    /// failed, so it was detached again without ever serving.
+    RolledBack,
+}
+
+impl fmt::Display for RetireReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RetireReason::Replaced => "replaced",
+            RetireReason::Removed => "removed",
+            RetireReason::Revoked => "revoked",
+            RetireReason::RolledBack => "rolled back",
+        })
+    }
+}
+
+/// A version that stopped serving (or, rolled back, never served).
+///
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
+/// for retired in verdant.status().loadables.iter().flat_map(|l| &l.retired) {
+///     println!("{} ({}): {} in flight", retired.version, retired.reason, retired.in_flight);
+/// }
+/// # Ok::<(), verdant::Error>(())
+/// ```
+#[derive(Debug, Clone, Serialize)]
 pub struct RetiredStatus {
     /// Which version.
     pub version: VersionInfo,
+    /// Why it is not serving.
+    pub reason: RetireReason,
     /// When it stopped serving.
+    #[serde(serialize_with = "crate::serialize::optional_time")]
     pub retired_at: Option<SystemTime>,
-    /// Calls, futures or responses still pinned to it.
+    /// Calls and requests still running on it: one per
+    /// [`Pinned`](crate::Pinned) that [`Handle::get`](crate::Handle::get)
+    /// returned and is still held, and one per HTTP request in its routes
+    /// (served through [`axum::pipeline`](crate::axum::pipeline) or
+    /// [`axum::mount`](crate::axum::mount)) until the response body ends.
+    /// What the HTTP pipeline holds to serve the version is not counted,
+    /// nor a request that only passes through its middleware (the pipeline
+    /// keeps the version attached for it all the same). It detaches once
+    /// this is 0 and nothing else holds it.
     pub in_flight: usize,
     /// Tasks it started with [`verdant_loadable::spawn`] that are still
     /// running; they keep its library loaded (and may outlive its detach,
@@ -93,6 +282,7 @@ pub struct RetiredStatus {
     /// retired version costs the process, measured rather than guessed.
     pub mapped_bytes: u64,
     /// Its private copy (deleted once retired; the mapping outlives the name).
+    #[serde(serialize_with = "crate::serialize::path")]
     pub copy: PathBuf,
 }
 
@@ -121,6 +311,9 @@ impl fmt::Display for Status {
                 Some(current) => writeln!(f, "  {name} ({path}){place}: serving {current}")?,
                 None => writeln!(f, "  {name} ({path}){place}: not attached")?,
             }
+            if let Some(failure) = &loadable.failure {
+                writeln!(f, "    newest build not serving: {failure}")?;
+            }
             for retired in &loadable.retired {
                 let mapping = if retired.mapped {
                     format!("still mapped ({} KiB)", retired.mapped_bytes / 1024)
@@ -129,13 +322,32 @@ impl fmt::Display for Status {
                 };
                 writeln!(
                     f,
-                    "    retired {}: {} in flight, {} tasks running, detach {:?}, {mapping}",
-                    retired.version, retired.in_flight, retired.tasks_running, retired.detach
+                    "    {} {}: {} in flight, {} tasks running, detach {:?}, {mapping}",
+                    if retired.reason == RetireReason::RolledBack { "rolled back" } else { "retired" },
+                    retired.version,
+                    retired.in_flight,
+                    retired.tasks_running,
+                    retired.detach
                 )?;
             }
         }
         for stuck in &self.stuck_attaches {
             writeln!(f, "  STUCK attach of {} on thread {}", stuck.loadable, stuck.thread)?;
+        }
+        for late in &self.late_attaches {
+            writeln!(
+                f,
+                "  late attach of {} ({}) on thread {}: {}",
+                late.loadable, late.library, late.thread, late.result
+            )?;
+        }
+        if let Some(last) = &self.last_reload {
+            writeln!(
+                f,
+                "  last {}: {}",
+                if last.trigger == Trigger::Attach { "attach" } else { "reload" },
+                last.summary()
+            )?;
         }
         writeln!(
             f,
@@ -173,5 +385,10 @@ impl Mappings {
     /// Bytes mapped from `path` (0 when it is not mapped).
     pub(crate) fn bytes(&self, path: &Path) -> u64 {
         self.bytes.get(path).copied().unwrap_or(0)
+    }
+
+    /// Every mapped file in `dir` and the bytes it maps.
+    pub(crate) fn under<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = (&'a Path, u64)> + 'a {
+        self.bytes.iter().filter(move |(path, _)| path.starts_with(dir)).map(|(path, bytes)| (path.as_path(), *bytes))
     }
 }

@@ -15,10 +15,11 @@
 //! 3. Otherwise the new versions are swapped in, one slot store each; the
 //!    old versions are retired (detached once their last pin is dropped).
 //!
-//! A failed unit is logged once, at ERROR, and reported; the next unit runs
-//! all the same. In strict mode a transaction with any failure returns
-//! `Error::Reload`, whose report shows the units that did commit. The whole
-//! transaction has one generation number.
+//! A failed unit is reported (the registry logs each failure once, in
+//! `Inner::finish`); the next unit runs all the same. In strict mode a
+//! transaction with any failure returns `Error::Reload`, whose report shows
+//! the units that did commit. The whole transaction has one generation
+//! number.
 //!
 //! The caller holds the registry's transaction lock, so transactions never
 //! overlap. Readers never take that lock.
@@ -79,20 +80,13 @@ pub(crate) fn run(
     let loadables = reports.into_iter().map(|report| report.expect("every target belongs to one unit")).collect();
     let report = ReloadReport { generation, trigger, coalesced, loadables, duration: started.elapsed() };
 
-    let failed = report.failures().count();
-    if failed == 0 {
-        tracing::info!(duration = ?report.duration, "transaction committed");
+    // The report is logged once, with every failure in it, where the
+    // registry records the transaction's result (`Inner::finish`).
+    if report.is_success() {
         return Ok(report);
     }
-    // Each failure was logged at ERROR where it happened; this only sums up.
-    tracing::warn!(
-        duration = ?report.duration,
-        failed,
-        "transaction finished: {}",
-        report.consequence()
-    );
     if inner.strict {
-        let (_, error) = report.failures().next().expect("failed > 0");
+        let (_, error) = report.failures().next().expect("a unit is not applied only when one of its members failed");
         let error = error.clone();
         return Err(Error::Reload(Box::new(ReloadFailure { error, report })));
     }
@@ -147,7 +141,6 @@ fn run_unit(
                 Ok(Loaded::Unchanged(current)) => report.outcome = Outcome::Unchanged { current: current.info.clone() },
                 Ok(Loaded::Prepared(version)) => prepared.push((index, version)),
                 Err(error) => {
-                    log_failure(entry, &error, report.serving.as_ref());
                     report.outcome = Outcome::Failed(error);
                     failed = true;
                 }
@@ -162,6 +155,8 @@ fn run_unit(
             let discarded = version.meta().info.clone();
             tracing::info!(loadable = %targets[index].name, version = %discarded, "rolled back: another member of its group failed");
             report_of(reports, index).outcome = Outcome::RolledBack { discarded };
+            // It never served, but it was attached: status() shows it.
+            targets[index].record_retired(version.roll_back());
         }
         return Ok(());
     }
@@ -189,23 +184,6 @@ fn run_unit(
 
 fn report_of(reports: &mut [Option<LoadableReport>], index: usize) -> &mut LoadableReport {
     reports[index].as_mut().expect("reported when loaded")
-}
-
-/// Logs a failed load once, at ERROR, with the loadable, step and cause, and
-/// what keeps serving.
-fn log_failure(entry: &Entry, error: &StepError, serving: Option<&VersionInfo>) {
-    let consequence = match (&entry.group, serving) {
-        (Some(group), _) => format!("no member of group `{group}` is swapped in; they keep what they had"),
-        (None, Some(serving)) => format!("{serving} keeps serving"),
-        (None, None) => "this loadable is not serving".to_owned(),
-    };
-    tracing::error!(
-        loadable = %error.loadable,
-        step = %error.step,
-        path = %error.path.display(),
-        cause = %error.kind,
-        "load failed; {consequence}"
-    );
 }
 
 /// Runs one step, records its time, and names the loadable, step and file in
@@ -298,6 +276,7 @@ fn load(
         retired_at: Mutex::new(None),
         detach: Mutex::new(DetachState::Pending),
         library: std::sync::OnceLock::new(),
+        serving_pins: Default::default(),
     });
     let mut env = inner.attach_env();
     if let Some(context) = &entry.context {

@@ -6,8 +6,9 @@
 //! union of the batch's loadables. So however many triggers arrive while a
 //! reload runs, they cause at most one follow-up reload, and that follow-up
 //! starts after the last of them arrived: the newest build is never missed.
-//! Every caller in a batch receives that transaction's result, and the
-//! result is logged (the only place a signal's result shows).
+//! Every caller in a batch receives that transaction's result. The registry
+//! logs it once and records it for `status()` and the metrics
+//! (`Inner::finish`), which is where a signal's result shows.
 
 use std::collections::BTreeSet;
 use std::sync::{mpsc, Arc, Weak};
@@ -123,34 +124,10 @@ pub(crate) fn start_worker(coordinator: Arc<Coordinator>, registry: Weak<Inner>)
             let names: BTreeSet<Arc<str>> = batch.iter().flat_map(|r| r.names.iter().cloned()).collect();
             let trigger = batch[0].trigger;
             let result = inner.run_reload(&names, trigger, batch.len());
-            log_result(&result);
             for request in batch {
                 request.waiter.send(result.clone());
             }
         }
     })?;
     Ok(())
-}
-
-/// Logs what a reload did. Each failed loadable was logged at ERROR by the
-/// transaction already, so a report is logged as a whole, once: at INFO
-/// when every loadable was applied, at WARN when some failed (the others
-/// were applied all the same). A signal's report reaches no caller, so this
-/// is where the operator who sent `kill -PIPE` reads it.
-fn log_result(result: &Result<ReloadReport, Error>) {
-    let report = match result {
-        Ok(report) => report,
-        Err(Error::Reload(failure)) => &failure.report,
-        Err(error) => {
-            tracing::error!(%error, "reload failed");
-            return;
-        }
-    };
-    let report_text = report.to_string();
-    let report_text = report_text.trim_end();
-    if report.is_success() {
-        tracing::info!("{report_text}");
-    } else {
-        tracing::warn!("{report_text}");
-    }
 }

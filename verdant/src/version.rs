@@ -25,8 +25,15 @@ use crate::report::VersionInfo;
 use crate::runtime_watch::RuntimeWatch;
 use crate::{Interface, ProxyContext};
 
-/// What is known about a version after it stopped serving.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What is known about a version after it stopped serving. In JSON:
+/// `{"state": "detached"}`, `{"state": "panicked", "message": "..."}`.
+///
+/// ```
+/// let json = serde_json::to_string(&verdant::DetachState::Panicked("boom".into())).unwrap();
+/// assert_eq!(json, r#"{"state":"panicked","message":"boom"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "message", rename_all = "snake_case")]
 pub enum DetachState {
     /// Still pinned by calls in flight, or queued for detach.
     Pending,
@@ -50,6 +57,11 @@ pub(crate) struct VersionMeta {
     /// The version's library while anything keeps it loaded (set once
     /// attached): for the count of its running tasks.
     pub library: std::sync::OnceLock<Weak<LibraryKeepAlive>>,
+    /// How many of the version's strong references are held to *serve* it
+    /// rather than by a call or request: the HTTP pipeline's snapshots, the
+    /// routing pin of `axum::mount` (see [`ServingPin`]). `in_flight` in
+    /// `status()` is the strong count less these.
+    pub serving_pins: std::sync::atomic::AtomicUsize,
 }
 
 impl VersionMeta {
@@ -57,6 +69,46 @@ impl VersionMeta {
     /// (0 once its library is no longer loaded).
     pub(crate) fn tasks_running(&self) -> usize {
         self.library.get().and_then(Weak::upgrade).map_or(0, |library| library.tasks_running())
+    }
+}
+
+/// A pin of a version that serves it rather than being a call or a request:
+/// it keeps the version attached like any pin, but `status()` does not
+/// count it in flight ([`VersionMeta::serving_pins`]).
+///
+/// Wrap the pin (a [`Pinned`](crate::Pinned)) right after taking it. Pins
+/// are taken only of the serving version, and `in_flight` is reported for
+/// retired ones, whose serving pins are only ever dropped: the count goes
+/// down after the pin itself is dropped, so it never counts one as a
+/// request, even for a moment.
+pub(crate) struct ServingPin<P> {
+    pin: Option<P>,
+    meta: Arc<VersionMeta>,
+}
+
+impl<P> ServingPin<P> {
+    pub(crate) fn new(pin: P, meta: Arc<VersionMeta>) -> Self {
+        meta.serving_pins.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ServingPin { pin: Some(pin), meta }
+    }
+}
+
+impl<P> std::ops::Deref for ServingPin<P> {
+    type Target = P;
+
+    fn deref(&self) -> &P {
+        match &self.pin {
+            Some(pin) => pin,
+            // Taken only in `drop`.
+            None => unreachable!("a ServingPin holds its pin until dropped"),
+        }
+    }
+}
+
+impl<P> Drop for ServingPin<P> {
+    fn drop(&mut self) {
+        drop(self.pin.take());
+        self.meta.serving_pins.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -22,11 +22,17 @@
 //!     fn router(&self) -> axum::Router;
 //! }
 //! ```
+//!
+//! [`admin`] is the operator's side: status, reloads and Prometheus
+//! metrics as JSON and text over HTTP, behind a bearer token, for a
+//! listener of its own.
 
+mod admin;
 mod mount;
 mod pipeline;
 
 pub use ::axum::Router;
+pub use admin::{admin, AdminToken, AdminTokenError};
 pub use mount::{mount, Served};
 pub use pipeline::{pipeline, Pipeline, PipelineFuture, PipelineLayout};
 pub use verdant_loadable::router::LibraryRouter;

@@ -17,6 +17,7 @@ use verdant_loadable::__private::{internal_error, plain_response as text};
 use crate::boundary::LibraryPanic;
 use crate::error::{Error, HandleError};
 use crate::handle::Handle;
+use crate::version::ServingPin;
 use crate::Interface;
 /// Mounts a loadable's router under `/<name>/`, where `<name>` is the name
 /// the loadable was added with.
@@ -135,6 +136,9 @@ where
             Ok(router) => router,
             Err(payload) => {
                 let name = self.handle.name();
+                if let Some(registry) = self.handle.registry() {
+                    registry.count_library_panic(name);
+                }
                 tracing::error!(loadable = name, panic = %panic_text(&*payload), "building the library's router panicked; answered 500");
                 return Box::pin(std::future::ready(Ok(internal_error(name))));
             }
@@ -144,9 +148,13 @@ where
             generation: pinned.generation(),
             package_version: Arc::from(pinned.package_version()),
         };
+        // The version this request was routed to stays pinned until the
+        // router has pinned it for the response (on its first poll). That
+        // routing pin serves the request but is not one (`in_flight` in
+        // `status()` counts the router's pin alone).
+        let meta = pinned.meta().clone();
+        let pinned = ServingPin::new(pinned, meta);
         Box::pin(async move {
-            // The version this request was routed to stays pinned until the
-            // router has pinned it for the response (on its first poll).
             let mut response = tower::ServiceExt::oneshot(router, request).await;
             drop(pinned);
             if let Ok(response) = &mut response {

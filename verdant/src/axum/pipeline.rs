@@ -24,6 +24,11 @@
 //! Invariant: a snapshot holds a version pinned for as long as the snapshot
 //! is current or a request still uses it; after a change, the registry's
 //! call returns only once the snapshot without the old version is current.
+//!
+//! A snapshot's pins serve the version; they are not requests
+//! ([`ServingPin`]), so a retired version's `in_flight` in `status()`
+//! counts the requests in its routes (each pinned by the library router
+//! until its body ends), not the snapshots that still hold it.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -50,6 +55,7 @@ use crate::axum::Served;
 use crate::entry::Entry;
 use crate::handle::{Handle, Pinned, Slot};
 use crate::registry::{ChangeListener, Inner};
+use crate::version::ServingPin;
 use crate::{Interface, Verdant};
 
 /// The HTTP pipeline of a registry's loadables, as a `tower::Service`
@@ -117,12 +123,13 @@ impl Pipeline {
                 Ok(pinned) => {
                     let served = served(entry, pinned.generation(), pinned.package_version());
                     let built = catch_unwind(AssertUnwindSafe(|| router(&pinned)));
-                    let pin: Arc<dyn Any + Send + Sync> = Arc::new(pinned);
-                    built
-                        .map(|router| (router, served, pin))
-                        .map_err(|payload| format!("building its router panicked: {}", host_panic_text(&*payload)))
+                    let meta = pinned.meta().clone();
+                    let pin: Arc<dyn Any + Send + Sync> = Arc::new(ServingPin::new(pinned, meta));
+                    built.map(|router| (router, served, pin)).map_err(|payload| {
+                        Unbuilt::Panicked(format!("building its router panicked: {}", host_panic_text(&*payload)))
+                    })
                 }
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(Unbuilt::NotServing(error.to_string())),
             })
         });
         self.shared.sources.write().push(source);
@@ -193,10 +200,18 @@ impl std::fmt::Debug for Pipeline {
 
 /// How the routes of a typed loadable are made: `None` when the entry is
 /// not of the source's interface.
-type RouteSource = Arc<dyn Fn(&Entry) -> Option<Result<Built, String>> + Send + Sync>;
+type RouteSource = Arc<dyn Fn(&Entry) -> Option<Result<Built, Unbuilt>> + Send + Sync>;
 
-/// A router, what it serves as, and the pin of its version.
+/// A router, what it serves as, and the (serving) pin of its version.
 type Built = (Router, Served, Arc<dyn Any + Send + Sync>);
+
+/// Why a typed loadable's routes could not be made.
+enum Unbuilt {
+    /// It has no serving version (the handle's error).
+    NotServing(String),
+    /// Building its router panicked in the library (contained).
+    Panicked(String),
+}
 
 struct Shared {
     registry: Weak<Inner>,
@@ -218,13 +233,14 @@ impl Shared {
     fn rebuild(&self, inner: &Inner) {
         let _rebuilding = self.rebuilding.lock();
         let sources = self.sources.read().clone();
-        let mut snapshot = Snapshot { fallback: self.fallback.read().clone(), ..Snapshot::default() };
+        let mut snapshot =
+            Snapshot { fallback: self.fallback.read().clone(), registry: self.registry.clone(), ..Snapshot::default() };
         for entry in inner.entries() {
             if entry.dormant {
                 continue;
             }
             if let Ok(slot) = entry.slot.clone().downcast::<Slot<dyn HttpExtension>>() {
-                add_extension(&mut snapshot, &entry, Handle::new(slot));
+                add_extension(&mut snapshot, inner, &entry, Handle::new(slot));
             } else if let Some(mount) = &entry.mount {
                 let built = sources.iter().find_map(|source| source(&entry));
                 match built {
@@ -235,11 +251,20 @@ impl Shared {
                         served,
                         _pin: pin,
                     }),
-                    Some(Err(reason)) => snapshot.unavailable.push(Unavailable {
-                        mount: mount.clone(),
-                        name: entry.name.clone(),
-                        reason: reason.into(),
-                    }),
+                    Some(Err(unbuilt)) => {
+                        let reason = match unbuilt {
+                            Unbuilt::NotServing(reason) => reason,
+                            Unbuilt::Panicked(reason) => {
+                                inner.count_library_panic(&entry.name);
+                                reason
+                            }
+                        };
+                        snapshot.unavailable.push(Unavailable {
+                            mount: mount.clone(),
+                            name: entry.name.clone(),
+                            reason: reason.into(),
+                        })
+                    }
                     None => {
                         tracing::warn!(loadable = %entry.name, mount = %mount, interface = entry.interface,
                             "the loadable has a mount but the pipeline has no routes for its interface \
@@ -255,9 +280,12 @@ impl Shared {
 }
 
 /// Adds an HTTP extension's middleware and routes to `snapshot`.
-fn add_extension(snapshot: &mut Snapshot, entry: &Entry, handle: Handle<dyn HttpExtension>) {
+fn add_extension(snapshot: &mut Snapshot, inner: &Inner, entry: &Entry, handle: Handle<dyn HttpExtension>) {
     let pinned = match handle.get() {
-        Ok(pinned) => Arc::new(pinned),
+        Ok(pinned) => {
+            let meta = pinned.meta().clone();
+            Arc::new(ServingPin::new(pinned, meta))
+        }
         Err(error) => {
             if let Some(mount) = &entry.mount {
                 snapshot.unavailable.push(Unavailable {
@@ -277,6 +305,7 @@ fn add_extension(snapshot: &mut Snapshot, entry: &Entry, handle: Handle<dyn Http
         }
         Ok(None) => {}
         Err(payload) => {
+            inner.count_library_panic(&entry.name);
             tracing::error!(loadable = %entry.name, panic = %host_panic_text(&*payload),
                 "the extension's middleware() panicked; its middleware is left out of the pipeline");
         }
@@ -290,11 +319,14 @@ fn add_extension(snapshot: &mut Snapshot, entry: &Entry, handle: Handle<dyn Http
             served: served(entry, pinned.generation(), pinned.package_version()),
             _pin: pinned,
         }),
-        Err(payload) => snapshot.unavailable.push(Unavailable {
-            mount: mount.clone(),
-            name: entry.name.clone(),
-            reason: format!("building its router panicked: {}", host_panic_text(&*payload)).into(),
-        }),
+        Err(payload) => {
+            inner.count_library_panic(&entry.name);
+            snapshot.unavailable.push(Unavailable {
+                mount: mount.clone(),
+                name: entry.name.clone(),
+                reason: format!("building its router panicked: {}", host_panic_text(&*payload)).into(),
+            })
+        }
     }
 }
 
@@ -310,12 +342,14 @@ struct Snapshot {
     routes: Vec<Route>,
     unavailable: Vec<Unavailable>,
     fallback: Option<Router>,
+    /// The registry, to count the library panics requests run into.
+    registry: Weak<Inner>,
 }
 
 struct Stage {
     name: Arc<str>,
     middleware: Middleware,
-    _pin: Arc<Pinned<dyn HttpExtension>>,
+    _pin: Arc<ServingPin<Pinned<dyn HttpExtension>>>,
 }
 
 struct Route {
@@ -473,6 +507,7 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
     };
     let future = stage.middleware.serve(request, next);
     let name = stage.name.clone();
+    let registry = snapshot.registry.clone();
     Box::pin(async move {
         match future.await {
             Ok(mut response) => {
@@ -482,6 +517,9 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
                 response
             }
             Err(panic) => {
+                if let Some(registry) = registry.upgrade() {
+                    registry.count_library_panic(&name);
+                }
                 tracing::error!(loadable = %name, panic = %panic, "a library middleware panicked; answered 500");
                 internal_error(&name)
             }
