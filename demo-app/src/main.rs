@@ -23,11 +23,17 @@
 //! - **Containment.** A panic in library code (`GET /shop/quote/boom`) is
 //!   caught inside the library and answered 500; the process keeps serving.
 //!   A host calling `Shop::quote` directly would get
-//!   `Err(ShopError::Panicked(..))` instead.
+//!   `Err(ShopError::Panicked(..))` instead. Either way Verdant reports the
+//!   panic once: one ERROR line on stderr (`verdant::panic_report: library
+//!   panic: ...` with the loadable, version, request, and the library's
+//!   `file:line:col`; the library's backtrace too under `RUST_BACKTRACE=1`),
+//!   which is also where `Builder::on_panic` would hand it to error
+//!   tracking.
 //!   While no version is attached `/shop/...` answers 503; paths the shop
 //!   does not know answer 404 from the library, other paths from the host.
 //!   Panics of host code are answered 500 by
-//!   `tower_http::catch_panic::CatchPanicLayer`.
+//!   `tower_http::catch_panic::CatchPanicLayer`, after std's panic hook
+//!   printed them.
 //!
 //! Run it with `scripts/demo` (which builds host and library first; add
 //! `--release` for the release profile) and see `demo-app --help`.
@@ -72,7 +78,6 @@ async fn main() -> ExitCode {
         }
     };
     init_tracing();
-    install_panic_hook();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -88,23 +93,6 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
-}
-
-/// Logs library panics that Verdant re-raises in the host (from an interface
-/// method that cannot return an error, or while building the shop's router)
-/// as one structured line instead of the default hook's `Box<dyn Any>`;
-/// other panics keep the default report. Panics inside the shop's request
-/// handlers never reach this hook: the library's guard contains them.
-fn install_panic_hook() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<verdant::boundary::LibraryPanic>().is_some() {
-            let location = info.location().map(ToString::to_string).unwrap_or_default();
-            tracing::error!(%location, "{}", http::panic_message(info.payload()));
-        } else {
-            default_hook(info);
-        }
-    }));
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -138,6 +138,11 @@ pub struct Pinned<I: Interface + ?Sized> {
 }
 
 impl<I: Interface + ?Sized> Pinned<I> {
+    /// Where panics of the pinned version are reported.
+    pub(crate) fn panic_hook(&self) -> &verdant_loadable::__private::PanicHook {
+        self.version().panic_hook()
+    }
+
     fn version(&self) -> &Version<I> {
         match &*self.version {
             Some(version) => version,

@@ -18,6 +18,7 @@ use crate::handle::{Handle, Slot};
 use crate::loader::{Stages, System};
 use crate::manifest::Manifest;
 use crate::manifest_diff;
+use crate::panic_report::{OnPanic, PanicReport, PanicSink};
 use crate::private_dir::PrivateDir;
 use crate::report::{ReloadReport, Trigger};
 use crate::sigpipe::{self, SigpipeCounters};
@@ -58,6 +59,7 @@ pub struct Builder {
     mounts: Vec<(String, String)>,
     manifest: Option<PathBuf>,
     stages: Arc<dyn Stages>,
+    on_panic: Option<OnPanic>,
 }
 
 impl Builder {
@@ -253,6 +255,41 @@ impl Builder {
         self
     }
 
+    /// Calls `callback` once for every panic of library code, with a
+    /// [`PanicReport`]: the loadable, its version, where it panicked (the
+    /// method, or the HTTP request), the message, the library's
+    /// `file:line:column`, and the library's backtrace when `RUST_BACKTRACE`
+    /// asks for one. Plug error tracking (Sentry and the like) in here: the
+    /// host's panic hook never sees a panic that Verdant contains, and a
+    /// library panic that a method without a `Result` re-raises in the host
+    /// skips that hook too, because it was reported here already (see
+    /// [`boundary::Panic::resume`](crate::boundary::Panic::resume)).
+    ///
+    /// Every report is also one `tracing` ERROR event (target
+    /// `verdant::panic_report`), with or without a callback. The callback
+    /// runs on the thread that caught the panic (a request's, the
+    /// retirement thread for a detach hook), possibly inside library frames:
+    /// keep it short and never block; a panic in it is caught and logged.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let panics = Arc::new(AtomicU64::new(0));
+    /// let counter = panics.clone();
+    /// let verdant = verdant::Verdant::builder(())
+    ///     .on_panic(move |report: &verdant::PanicReport| {
+    ///         counter.fetch_add(1, Ordering::Relaxed);
+    ///         eprintln!("{report}"); // loadable `shop` (shop-lib 0.1.0, generation 1) panicked in quote at src/lib.rs:94:13: ...
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn on_panic(mut self, callback: impl Fn(&PanicReport) + Send + Sync + 'static) -> Self {
+        self.on_panic = Some(Arc::new(callback));
+        self
+    }
+
     #[cfg(test)]
     pub(crate) fn stages(mut self, stages: Arc<dyn Stages>) -> Self {
         self.stages = stages;
@@ -291,6 +328,7 @@ impl Builder {
             Retirement::start().map_err(|e| Error::Worker { what: "retirement", reason: e.to_string() })?;
         let coordinator = Arc::new(Coordinator::default());
         let current_runtime = tokio::runtime::Handle::try_current().ok();
+        let panics = Arc::new(PanicSink::new(self.on_panic));
         let inner = Arc::new(Inner {
             context: self.context,
             context_fingerprint: self.context_fingerprint,
@@ -312,7 +350,9 @@ impl Builder {
             sigpipe: Arc::new(SigpipeCounters::default()),
             sigpipe_listener: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
+            panics,
         });
+        inner.panics.set_registry(Arc::downgrade(&inner));
         trigger::start_worker(coordinator, Arc::downgrade(&inner))
             .map_err(|e| Error::Worker { what: "reload", reason: e.to_string() })?;
         Ok(Verdant { inner })
@@ -474,6 +514,8 @@ pub(crate) struct Inner {
     sigpipe_listener: Mutex<Option<sigpipe::Listener>>,
     /// Told after every change of what serves (see [`ChangeListener`]).
     listeners: Mutex<Vec<Weak<dyn ChangeListener>>>,
+    /// Where the panic reports of every version go (`Builder::on_panic`).
+    pub(crate) panics: Arc<PanicSink>,
 }
 
 /// Something that derives state from what serves (the HTTP pipeline) and
@@ -504,6 +546,7 @@ impl Verdant {
             mounts: Vec::new(),
             manifest: None,
             stages: Arc::new(System),
+            on_panic: None,
         }
     }
 
@@ -792,7 +835,15 @@ impl Inner {
             runtime: self.explicit_runtime.clone().or_else(|| self.last_runtime.lock().clone()),
             timeout: self.attach_timeout,
             stuck: self.stuck.clone(),
+            panics: self.panics.clone(),
         }
+    }
+
+    /// Counts one reported panic of `loadable`. A no-op until the registry's
+    /// metrics count it (they are being added in parallel; this is the hook
+    /// they fill in).
+    pub(crate) fn count_library_panic(&self, loadable: &str) {
+        let _ = loadable;
     }
 
     fn empty_report(&self, trigger: Trigger) -> ReloadReport {

@@ -16,6 +16,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use crate::boundary::BoundaryFuture;
 use crate::interface::{LibraryPin, ProxyContext, VersionPin};
 use crate::library::router::LibraryRouter;
+use crate::site::RequestLine;
 
 impl LibraryRouter {
     /// Host side: an ordinary `axum::Router` that serves every request with
@@ -75,11 +76,13 @@ impl tower::Service<Request<Body>> for HostRouterService {
                 ),
             )));
         };
+        let line = RequestLine::of(&request);
         InFlight::Running {
             future: self.library.service.call(request),
             version: Some(version),
             library: self.library_pin.clone(),
             loadable: self.context.clone(),
+            line,
         }
     }
 }
@@ -93,6 +96,8 @@ enum InFlight {
         version: Option<VersionPin>,
         library: LibraryPin,
         loadable: ProxyContext,
+        /// What the request was, for the report of a panic.
+        line: RequestLine,
     },
     Answered(Option<Response<Body>>),
 }
@@ -107,12 +112,13 @@ impl Future for InFlight {
             InFlight::Answered(response) => response.take().unwrap_or_else(|| {
                 plain_response(StatusCode::INTERNAL_SERVER_ERROR, "polled after completion\n".to_owned())
             }),
-            InFlight::Running { future, version, library, loadable } => match future.as_mut().poll(cx) {
+            InFlight::Running { future, version, library, loadable, line } => match future.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(response)) => response
                     .map(|body| Body::new(PinnedBody { body, version: version.take(), _library: library.clone() })),
                 Poll::Ready(Err(panic)) => {
-                    tracing::error!(loadable = loadable.loadable(), panic = %panic, "a library request handler panicked; answered 500");
+                    // The one report of this panic; the 500 says no more.
+                    loadable.report_panic(&panic, &line.to_string());
                     internal_error(loadable.loadable())
                 }
             },

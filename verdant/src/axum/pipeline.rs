@@ -42,7 +42,9 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use parking_lot::{Mutex, RwLock};
 use verdant_loadable::http::{HttpExtension, Middleware, Next};
 
-use verdant_loadable::__private::{host_panic_text, internal_error, plain_response as text};
+use verdant_loadable::__private::{
+    host_panic_text, internal_error, plain_response as text, MountPrefix, PanicHook, RequestLine,
+};
 
 use crate::axum::Served;
 use crate::entry::Entry;
@@ -267,16 +269,18 @@ fn add_extension(snapshot: &mut Snapshot, entry: &Entry, handle: Handle<dyn Http
             return;
         }
     };
-    // A library panic in these calls is re-raised by the proxy as a host
-    // panic: caught here, the extension is left out of the pipeline.
+    // A library panic in these calls is reported and re-raised by the
+    // proxy as a host panic: caught here, the extension is left out of the
+    // pipeline (the report has the panic; this says what follows from it).
     match catch_unwind(AssertUnwindSafe(|| pinned.middleware())) {
         Ok(Some(middleware)) => {
-            snapshot.stages.push(Stage { name: entry.name.clone(), middleware, _pin: pinned.clone() });
+            let panic_hook = pinned.panic_hook().clone();
+            snapshot.stages.push(Stage { name: entry.name.clone(), middleware, panic_hook, _pin: pinned.clone() });
         }
         Ok(None) => {}
-        Err(payload) => {
-            tracing::error!(loadable = %entry.name, panic = %host_panic_text(&*payload),
-                "the extension's middleware() panicked; its middleware is left out of the pipeline");
+        Err(_) => {
+            tracing::warn!(loadable = %entry.name,
+                "the extension's middleware() panicked (reported above); its middleware is left out of the pipeline");
         }
     }
     let Some(mount) = &entry.mount else { return };
@@ -313,6 +317,8 @@ struct Snapshot {
 struct Stage {
     name: Arc<str>,
     middleware: Middleware,
+    /// Reports a panic of the middleware's version.
+    panic_hook: PanicHook,
     _pin: Arc<Pinned<dyn HttpExtension>>,
 }
 
@@ -375,8 +381,10 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
             }
         })
     };
+    let line = RequestLine::of(&request);
     let future = stage.middleware.serve(request, next);
     let name = stage.name.clone();
+    let panic_hook = stage.panic_hook.clone();
     Box::pin(async move {
         match future.await {
             Ok(mut response) => {
@@ -386,7 +394,8 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
                 response
             }
             Err(panic) => {
-                tracing::error!(loadable = %name, panic = %panic, "a library middleware panicked; answered 500");
+                // The one report of this panic; the 500 says no more.
+                panic_hook.report(&panic, &format!("{line} (middleware)"));
                 internal_error(&name)
             }
         }
@@ -397,7 +406,9 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
 fn route(snapshot: &Snapshot, request: Request<Body>) -> Running {
     let path = request.uri().path();
     if let Some(route) = snapshot.routes.iter().find(|route| under(path, &route.mount)) {
-        let request = strip(request, route.mount.len());
+        let mut request = strip(request, route.mount.len());
+        // Reports of the library's panics name the path the client asked for.
+        request.extensions_mut().insert(MountPrefix(route.mount.clone()));
         let router = route.router.clone();
         let served = route.served.clone();
         return Box::pin(async move {
