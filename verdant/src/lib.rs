@@ -16,8 +16,8 @@
 //! retirement (`version.rs`), the SIGPIPE trigger (`sigpipe.rs`), the
 //! manifest and how it is applied (`manifest.rs`, `manifest_diff.rs`) and
 //! the axum side ([`axum`]: `mount.rs`, and `pipeline.rs`, which composes
-//! HTTP extensions) and panic reports (`panic_report.rs`). No library ever
-//! links it.
+//! HTTP extensions), panic reports (`panic_report.rs`) and systemd's
+//! notifications ([`systemd`]). No library ever links it.
 //!
 //! Libraries link only [`verdant-loadable`](verdant_loadable): [`Loadable`],
 //! [`export!`], the support code of `#[verdant_loadable::interface]`, the
@@ -150,6 +150,7 @@ mod runtime_watch;
 mod sigpipe;
 mod status;
 mod sync;
+pub mod systemd;
 mod transaction;
 mod trigger;
 mod version;

@@ -60,6 +60,8 @@ pub struct Builder {
     manifest: Option<PathBuf>,
     stages: Arc<dyn Stages>,
     on_panic: Option<OnPanic>,
+    /// `systemd` calls; `None`: on when `NOTIFY_SOCKET` is set.
+    systemd: Option<bool>,
 }
 
 impl Builder {
@@ -290,6 +292,29 @@ impl Builder {
         self
     }
 
+    /// Whether the registry tells systemd about reloads that a signal
+    /// triggered (`Type=notify-reload` with `ReloadSignal=SIGPIPE`, so that
+    /// `systemctl reload` waits for the result): `RELOADING=1` with
+    /// `MONOTONIC_USEC=` before it loads anything, then `READY=1` with a
+    /// `STATUS=` naming the generation and the outcome. Default: on when the
+    /// environment variable `NOTIFY_SOCKET` is set when `build()` runs (it is
+    /// when systemd started the process with `Type=notify` or
+    /// `Type=notify-reload`), off otherwise; without `NOTIFY_SOCKET` nothing
+    /// is sent either way.
+    ///
+    /// The first `READY=1` is the host's to send, once it serves:
+    /// [`systemd::notify_ready`](crate::systemd::notify_ready). Reload
+    /// notifications start only after it, so a signal during start-up
+    /// cannot mark the service ready early. See [`crate::systemd`].
+    ///
+    /// ```
+    /// let builder = verdant::Verdant::builder(()).systemd(false); // even under systemd
+    /// ```
+    pub fn systemd(mut self, notify: bool) -> Self {
+        self.systemd = Some(notify);
+        self
+    }
+
     #[cfg(test)]
     pub(crate) fn stages(mut self, stages: Arc<dyn Stages>) -> Self {
         self.stages = stages;
@@ -329,6 +354,7 @@ impl Builder {
         let coordinator = Arc::new(Coordinator::default());
         let current_runtime = tokio::runtime::Handle::try_current().ok();
         let panics = Arc::new(PanicSink::new(self.on_panic));
+        let systemd = self.systemd.unwrap_or_else(crate::systemd::under_systemd);
         let inner = Arc::new(Inner {
             context: self.context,
             context_fingerprint: self.context_fingerprint,
@@ -351,6 +377,7 @@ impl Builder {
             sigpipe_listener: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
             panics,
+            systemd,
         });
         inner.panics.set_registry(Arc::downgrade(&inner));
         trigger::start_worker(coordinator, Arc::downgrade(&inner))
@@ -516,6 +543,8 @@ pub(crate) struct Inner {
     listeners: Mutex<Vec<Weak<dyn ChangeListener>>>,
     /// Where the panic reports of every version go (`Builder::on_panic`).
     pub(crate) panics: Arc<PanicSink>,
+    /// `Builder::systemd`: signal-triggered reloads notify systemd.
+    pub(crate) systemd: bool,
 }
 
 /// Something that derives state from what serves (the HTTP pipeline) and
@@ -547,6 +576,7 @@ impl Verdant {
             manifest: None,
             stages: Arc::new(System),
             on_panic: None,
+            systemd: None,
         }
     }
 
