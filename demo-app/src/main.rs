@@ -20,6 +20,10 @@
 //!   library makes, so the swap is visible with `curl`; `GET /verdant/status`
 //!   shows the generation and the retired versions. A SIGPIPE this process
 //!   raises itself (a broken pipe) is ignored.
+//! - **systemd.** Under `Type=notify-reload` with `ReloadSignal=SIGPIPE`
+//!   (`demo-app/systemd/`), it says `READY=1` once it listens, and
+//!   `systemctl reload` waits for the reload's outcome (see
+//!   [`verdant::systemd`] and `docs/operating.md`).
 //! - **Containment.** A panic in library code (`GET /shop/quote/boom`) is
 //!   caught inside the library and answered 500; the process keeps serving.
 //!   A host calling `Shop::quote` directly would get
@@ -118,13 +122,17 @@ async fn run(args: Args) -> Result<(), String> {
     let attached = tokio::task::spawn_blocking(move || attaching.attach())
         .await
         .map_err(|error| format!("the attach task failed: {error}"))?;
-    match attached {
-        Ok(report) => tracing::info!("{}", report.to_string().trim_end()),
+    let attached = match attached {
+        Ok(report) => {
+            tracing::info!("{}", report.to_string().trim_end());
+            report
+        }
         Err(verdant::Error::Reload(failure)) => {
             tracing::error!("{}", failure.report.to_string().trim_end());
+            failure.report.clone()
         }
         Err(error) => return Err(error.to_string()),
-    }
+    };
 
     verdant.reload_on_sigpipe().map_err(|error| error.to_string())?;
     let pid = std::process::id();
@@ -135,6 +143,13 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|error| format!("cannot listen on {}: {error}", args.addr))?;
     let local = listener.local_addr().map_err(|error| format!("cannot read the bound address: {error}"))?;
     announce(&format!("verdant demo listening on http://{local} (pid {pid})"));
+    // Under systemd (`Type=notify-reload`, demo-app/systemd/): ready now that
+    // it listens. From here on, a reload that `systemctl reload` (SIGPIPE)
+    // triggers is announced with RELOADING=1 and ends with READY=1 and its
+    // outcome in STATUS=. Without NOTIFY_SOCKET this does nothing.
+    if let Err(error) = verdant::systemd::notify_ready(&attached) {
+        tracing::warn!(%error, "cannot tell systemd that the service is ready (READY=1)");
+    }
     tracing::info!(
         pid,
         pid_file = %args.pid_file.display(),
@@ -206,6 +221,9 @@ async fn shutdown_signal() {
         () = terminate => "SIGTERM",
     };
     tracing::info!(signal = which, "shutting down: finishing the requests in flight");
+    if let Err(error) = verdant::systemd::notify_stopping() {
+        tracing::warn!(%error, "cannot tell systemd that the service is stopping (STOPPING=1)");
+    }
 }
 
 /// The pid file, removed when this guard is dropped (if it still holds our
