@@ -272,6 +272,9 @@ impl Builder {
     /// runs on the thread that caught the panic (a request's, the
     /// retirement thread for a detach hook), possibly inside library frames:
     /// keep it short and never block; a panic in it is caught and logged.
+    /// Do not call loadables from it: for a panic outside any guard (a
+    /// thread the library started) it runs inside the library's panic hook,
+    /// where a second panic of that library aborts the process.
     ///
     /// ```
     /// use std::sync::atomic::{AtomicU64, Ordering};
