@@ -38,6 +38,8 @@ fn demo_serves_and_hot_reloads_through_scripts() {
     let manifest = copy_target.join("debug").join("verdant.toml");
     let shipped =
         std::fs::read_to_string(workspace.join("demo-app").join("verdant.toml")).expect("the shipped manifest");
+    // A fresh cache has no target/debug yet (scripts/demo builds it later).
+    std::fs::create_dir_all(copy_target.join("debug")).expect("create the copy's target/debug");
     std::fs::write(&manifest, &shipped).expect("reset the demo's manifest");
 
     let mut demo = Demo::start(&workspace, &copy_target);
