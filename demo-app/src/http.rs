@@ -76,7 +76,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 
 /// The message of a panic payload: a library panic re-raised by Verdant, or
 /// an ordinary host panic.
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(library) = payload.downcast_ref::<LibraryPanic>() {
         format!("the shop library panicked: {}", library.0.message())
     } else if let Some(text) = payload.downcast_ref::<&'static str>() {
@@ -88,8 +88,10 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// `CatchPanicLayer`'s answer to a panic in a host handler. The panic hook
-/// installed in `main` has already logged it.
+/// `CatchPanicLayer`'s answer to a panic in a host handler. It was logged
+/// already: a host panic by std's panic hook, a library panic that a host
+/// handler's call re-raised by Verdant's report (the re-raise skips the
+/// panic hook, see `verdant::boundary::Panic::resume`).
 fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     let message = panic_message(&*payload);
     (StatusCode::INTERNAL_SERVER_ERROR, format!("internal server error: {message}\n")).into_response()

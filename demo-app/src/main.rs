@@ -20,14 +20,24 @@
 //!   library makes, so the swap is visible with `curl`; `GET /verdant/status`
 //!   shows the generation and the retired versions. A SIGPIPE this process
 //!   raises itself (a broken pipe) is ignored.
+//! - **systemd.** Under `Type=notify-reload` with `ReloadSignal=SIGPIPE`
+//!   (`demo-app/systemd/`), it says `READY=1` once it listens, and
+//!   `systemctl reload` waits for the reload's outcome (see
+//!   [`verdant::systemd`] and `docs/operating.md`).
 //! - **Containment.** A panic in library code (`GET /shop/quote/boom`) is
 //!   caught inside the library and answered 500; the process keeps serving.
 //!   A host calling `Shop::quote` directly would get
-//!   `Err(ShopError::Panicked(..))` instead.
+//!   `Err(ShopError::Panicked(..))` instead. Either way Verdant reports the
+//!   panic once: one ERROR line on stderr (`verdant::panic_report: library
+//!   panic: ...` with the loadable, version, request, and the library's
+//!   `file:line:col`; the library's backtrace too under `RUST_BACKTRACE=1`),
+//!   which is also where `Builder::on_panic` would hand it to error
+//!   tracking.
 //!   While no version is attached `/shop/...` answers 503; paths the shop
 //!   does not know answer 404 from the library, other paths from the host.
 //!   Panics of host code are answered 500 by
-//!   `tower_http::catch_panic::CatchPanicLayer`.
+//!   `tower_http::catch_panic::CatchPanicLayer`, after std's panic hook
+//!   printed them.
 //!
 //! Run it with `scripts/demo` (which builds host and library first; add
 //! `--release` for the release profile) and see `demo-app --help`.
@@ -78,7 +88,6 @@ async fn main() -> ExitCode {
         }
     };
     init_tracing();
-    install_panic_hook();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -94,23 +103,6 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
-}
-
-/// Logs library panics that Verdant re-raises in the host (from an interface
-/// method that cannot return an error, or while building the shop's router)
-/// as one structured line instead of the default hook's `Box<dyn Any>`;
-/// other panics keep the default report. Panics inside the shop's request
-/// handlers never reach this hook: the library's guard contains them.
-fn install_panic_hook() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<verdant::boundary::LibraryPanic>().is_some() {
-            let location = info.location().map(ToString::to_string).unwrap_or_default();
-            tracing::error!(%location, "{}", http::panic_message(info.payload()));
-        } else {
-            default_hook(info);
-        }
-    }));
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -143,10 +135,13 @@ async fn run(args: Args) -> Result<(), String> {
     let attached = tokio::task::spawn_blocking(move || attaching.attach())
         .await
         .map_err(|error| format!("the attach task failed: {error}"))?;
-    match attached {
-        Ok(_) | Err(verdant::Error::Reload(_)) => {}
+    // The registry logged the report (and each failure once); systemd hears
+    // of it below.
+    let attached = match attached {
+        Ok(report) => report,
+        Err(verdant::Error::Reload(failure)) => failure.report.clone(),
         Err(error) => return Err(error.to_string()),
-    }
+    };
 
     verdant.reload_on_sigpipe().map_err(|error| error.to_string())?;
     let pid = std::process::id();
@@ -168,6 +163,13 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     announce(&format!("verdant demo listening on http://{local} (pid {pid})"));
+    // Under systemd (`Type=notify-reload`, demo-app/systemd/): ready now that
+    // it listens. From here on, a reload that `systemctl reload` (SIGPIPE)
+    // triggers is announced with RELOADING=1 and ends with READY=1 and its
+    // outcome in STATUS=. Without NOTIFY_SOCKET this does nothing.
+    if let Err(error) = verdant::systemd::notify_ready(&attached) {
+        tracing::warn!(%error, "cannot tell systemd that the service is ready (READY=1)");
+    }
     tracing::info!(
         pid,
         pid_file = %args.pid_file.display(),
@@ -282,6 +284,9 @@ async fn shutdown_signal() {
         () = terminate => "SIGTERM",
     };
     tracing::info!(signal = which, "shutting down: finishing the requests in flight");
+    if let Err(error) = verdant::systemd::notify_stopping() {
+        tracing::warn!(%error, "cannot tell systemd that the service is stopping (STOPPING=1)");
+    }
 }
 
 /// The pid file, removed when this guard is dropped (if it still holds our

@@ -2,6 +2,7 @@
 //! artifact path that tests overwrite the way a rebuild does.
 
 pub mod client;
+pub mod demo_app;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

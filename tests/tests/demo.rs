@@ -370,8 +370,8 @@ impl Demo {
             .args(first_args)
             .args(["--addr", "127.0.0.1:0"])
             .env("CARGO_TARGET_DIR", target)
-            // The library's own panic hook prints the `boom` panic; a full
-            // backtrace of it would drown the log.
+            // Verdant's report of the `boom` panic carries the library's
+            // backtrace when asked; it would drown the log.
             .env("RUST_BACKTRACE", "0")
             .current_dir(workspace)
             .stdin(Stdio::null())

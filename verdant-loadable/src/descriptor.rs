@@ -163,6 +163,12 @@ pub struct AttachArgs {
     /// registry's retirement thread, never to the thread that dropped it,
     /// which may be running library code.
     pub keep_alive: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    /// Where the library reports the panics it catches and cannot return
+    /// (a response body failing mid-stream, a drop) and those no guard
+    /// catches (its own threads and tasks): the host's reporter for the
+    /// version being attached (see `PanicHook` in `panic.rs`).
+    #[doc(hidden)]
+    pub panic_hook: crate::panic::PanicHook,
 }
 
 /// Why an attach entry point produced no instance.

@@ -24,6 +24,8 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Weak};
 
+use crate::panic::{Panic, PanicHook};
+
 /// A trait-object type that can cross the library boundary.
 ///
 /// Implemented for `dyn YourTrait` by the [`interface`](crate::interface)
@@ -61,7 +63,8 @@ pub unsafe trait Interface: Send + Sync + 'static {
 }
 
 /// What a proxy knows about the version it belongs to: the loadable's name
-/// (for errors) and a way to pin the version for values that outlive a call.
+/// (for errors), a way to pin the version for values that outlive a call,
+/// and where to report the library panics it catches.
 ///
 /// Built by the registry, used by the code `#[verdant_loadable::interface]`
 /// generates.
@@ -76,13 +79,26 @@ pub struct ProxyContext {
     name: Arc<str>,
     version: Weak<dyn Any + Send + Sync>,
     keep_alive: Arc<dyn Any + Send + Sync>,
+    panic_hook: PanicHook,
 }
 
 impl ProxyContext {
     /// Made by the host's registry for each loaded version; not an API.
     #[doc(hidden)]
-    pub fn new(name: Arc<str>, version: Weak<dyn Any + Send + Sync>, keep_alive: Arc<dyn Any + Send + Sync>) -> Self {
-        ProxyContext { name, version, keep_alive }
+    pub fn new(
+        name: Arc<str>,
+        version: Weak<dyn Any + Send + Sync>,
+        keep_alive: Arc<dyn Any + Send + Sync>,
+        panic_hook: PanicHook,
+    ) -> Self {
+        ProxyContext { name, version, keep_alive, panic_hook }
+    }
+
+    /// Reports a library panic of this version that host code caught as a
+    /// [`Panic`] value and consumes (it becomes an error, a host panic or a
+    /// 500): once, through the registry's reporter.
+    pub(crate) fn report_panic(&self, panic: &Panic, site: &str) {
+        self.panic_hook.report(panic, site)
     }
 
     /// The registered name of the loadable.

@@ -28,9 +28,9 @@
 //!
 //! | Folder | Runs in | What |
 //! |---|---|---|
-//! | `src/library/` | the library | `export.rs` ([`Loadable`], [`export!`], the attach entry), `guard.rs` (the panic guards of [`boundary`]), `runtime_link.rs`, `logging.rs`, `allocator.rs`, `task.rs` (+ `task_set.rs`, its bookkeeping, model-checked), `router.rs` (the guarded router and body) |
+//! | `src/library/` | the library | `export.rs` ([`Loadable`], [`export!`], the attach entry), `guard.rs` (the panic guards of [`boundary`], the library's panic hook), `runtime_link.rs`, `logging.rs`, `allocator.rs`, `task.rs` (+ `task_set.rs`, its bookkeeping, model-checked), `router.rs` (the guarded router and body) |
 //! | `src/host/` | the host | `deliver.rs` (how a proxy hands a caught panic to its caller), `router.rs` (serving a library router: pins per request), `tables.rs` (the host functions a library forwards to) |
-//! | `src/` | both | `descriptor.rs` (the ABI the loader reads), `interface.rs` ([`Interface`], [`ProxyContext`], pins), `panic.rs` ([`boundary::Panic`], [`Panicked`]); `sync.rs` is std, or loom under `--cfg verdant_loom` |
+//! | `src/` | both | `descriptor.rs` (the ABI the loader reads), `interface.rs` ([`Interface`], [`ProxyContext`], pins), `panic.rs` ([`boundary::Panic`], [`Panicked`], the host's panic reporter), `site.rs` (the request a report names); `sync.rs` is std, or loom under `--cfg verdant_loom` |
 //!
 //! # The boundary: every way into library code, and its guard
 //!
@@ -56,6 +56,22 @@
 //!
 //! A future or response keeps its version pinned until it completes or is
 //! dropped; a task of [`spawn`] keeps its library loaded while it runs.
+//!
+//! # Each panic is reported once
+//!
+//! Besides becoming an error, a 500 or a host panic, every library panic is
+//! *reported* exactly once, to the host's registry (`verdant`'s
+//! `Builder::on_panic` and one `tracing` ERROR event), with the loadable,
+//! its version, where it happened (the method, the request), the message,
+//! the library's `file:line:column` and, under `RUST_BACKTRACE`, the
+//! library's backtrace. Whoever consumes the [`boundary::Panic`] value
+//! reports it: the host for a value it gets back, the library-side guard
+//! for a panic it cannot return (a response body mid-stream, a drop). The
+//! library's panic hook, installed at attach, prints nothing for a panic a
+//! guard will catch; it reports a panic that no guard catches (a thread or
+//! task the library started: Verdant does not contain those, they end that
+//! thread or task). A re-raised panic ([`boundary::Panic::resume`]) skips
+//! the host's panic hook, since it was reported already.
 //!
 //! The host half of the same paths (`src/host/`, and the proxies
 //! [`interface`] generates) turns what the guards return into the caller's
@@ -108,6 +124,7 @@ mod host;
 mod interface;
 mod library;
 mod panic;
+mod site;
 mod sync;
 
 pub use interface::{Interface, LibraryPin, ProxyContext, VersionPin};
@@ -225,6 +242,8 @@ pub mod __private {
     pub use crate::library::export::{attach_entry, write_fingerprints};
     pub use crate::library::logging::HostLogging;
     pub use crate::library::runtime_link::release as release_host_link;
+    pub use crate::panic::PanicHook;
+    pub use crate::site::{MountPrefix, RequestLine};
 }
 
 /// Makes a trait callable across the library boundary.

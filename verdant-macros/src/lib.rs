@@ -102,7 +102,7 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
                 #[allow(unused_imports)]
                 use ::verdant_loadable::__private::{DeliverAsError as _, DeliverAsPanic as _};
                 let selector = &::verdant_loadable::__private::Deliver::<#output>::new();
-                selector.deliver(panic, self.__verdant_context.loadable(), #name_text)
+                selector.deliver(panic, &self.__verdant_context, #name_text)
             }
         };
         let boundary_ref = quote! {

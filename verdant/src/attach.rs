@@ -23,7 +23,9 @@ use crate::descriptor::{AttachArgs, AttachFailure, AttachOutcome, Instance};
 use crate::error::LoadError;
 use crate::handoff::hand_off;
 use crate::loader::LoadedLibrary;
+use crate::panic_report::PanicSink;
 use crate::Interface;
+use verdant_loadable::__private::PanicHook;
 
 /// An attach hook that exceeded the time limit and has not returned yet.
 ///
@@ -160,18 +162,22 @@ pub(crate) struct AttachEnv {
     pub runtime: Option<tokio::runtime::Handle>,
     pub timeout: Duration,
     pub stuck: Arc<StuckAttaches>,
+    /// Where the panic reports of the version go.
+    pub panics: Arc<PanicSink>,
 }
 
 /// Runs the attach entry point of `library` for interface `I`.
 ///
 /// `keep_alive` is what the library may hold to stay mapped (see
-/// `AttachArgs::keep_alive`).
+/// `AttachArgs::keep_alive`); `panic_hook` is the version's reporter, which
+/// the library keeps, and which reports a panic of the hook itself.
 pub(crate) fn attach<I: Interface + ?Sized>(
     library: &Arc<LoadedLibrary>,
     env: &AttachEnv,
     loadable: &str,
     keep_alive: Arc<dyn Any + Send + Sync>,
     runtime_gone: Arc<std::sync::atomic::AtomicBool>,
+    panic_hook: PanicHook,
 ) -> Result<Box<dyn Instance<I>>, LoadError> {
     let id = env.stuck.next_id.fetch_add(1, Ordering::Relaxed);
     let thread_name = format!("verdant-attach-{loadable}-{id}");
@@ -181,6 +187,7 @@ pub(crate) fn attach<I: Interface + ?Sized>(
     let context = env.context.clone();
     let runtime = env.runtime.clone();
     let stuck = env.stuck.clone();
+    let thread_hook = panic_hook.clone();
     std::thread::Builder::new()
         .name(thread_name.clone())
         .spawn(move || {
@@ -191,6 +198,7 @@ pub(crate) fn attach<I: Interface + ?Sized>(
                 on_runtime_thread: verdant_loadable::__private::on_runtime_thread,
                 logging: &verdant_loadable::__private::HOST_LOGGING,
                 keep_alive,
+                panic_hook: thread_hook.clone(),
             };
             let mut outcome = MaybeUninit::<AttachOutcome<I>>::uninit();
             // SAFETY: the fingerprints (checked before this step) show that
@@ -211,13 +219,16 @@ pub(crate) fn attach<I: Interface + ?Sized>(
                         match instance.retire() {
                             Ok(()) => LateResult::Detached,
                             Err(panic) => {
-                                tracing::error!(panic = panic.message(), "detach of a late instance panicked; contained");
+                                thread_hook.report(&panic, "detach (of an attach hook that returned after its time limit)");
                                 LateResult::DetachPanicked(panic.message().to_owned())
                             }
                         }
                     }
                     Err(AttachFailure::Failed(message)) => LateResult::AttachFailed(message),
-                    Err(AttachFailure::Panicked(panic)) => LateResult::AttachPanicked(panic.message().to_owned()),
+                    Err(AttachFailure::Panicked(panic)) => {
+                        thread_hook.report(&panic, "attach (returned after its time limit)");
+                        LateResult::AttachPanicked(panic.message().to_owned())
+                    }
                 };
                 stuck.returned_late(id, library, result);
             }
@@ -242,6 +253,10 @@ pub(crate) fn attach<I: Interface + ?Sized>(
     };
     outcome.map_err(|failure| match failure {
         AttachFailure::Failed(message) => LoadError::AttachFailed { message },
-        AttachFailure::Panicked(panic) => LoadError::AttachPanicked { message: panic.message().to_owned() },
+        AttachFailure::Panicked(panic) => {
+            // The panic's report; the reload's failure is logged on its own.
+            panic_hook.report(&panic, "attach");
+            LoadError::AttachPanicked { message: panic.message().to_owned() }
+        }
     })
 }

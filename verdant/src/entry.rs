@@ -15,6 +15,7 @@ use crate::descriptor::{self, Fingerprint};
 use crate::error::LoadError;
 use crate::handle::Slot;
 use crate::loader::LoadedLibrary;
+use crate::panic_report;
 use crate::runtime_watch::RuntimeWatch;
 use crate::status::{LoadableFailure, RetireReason};
 use crate::version::{DetachState, LibraryKeepAlive, Retirement, Version, VersionMeta};
@@ -290,8 +291,11 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
         let runtime_gone = watch.gone();
         let keep_alive = Arc::new(LibraryKeepAlive::new(library.clone(), retirement.clone(), watch));
         let _ = meta.library.set(Arc::downgrade(&keep_alive));
-        let instance = attach::attach::<I>(&library, env, &self.slot.name, keep_alive.clone(), runtime_gone)?;
-        let version = Version::new(instance, library, keep_alive, meta, retirement.clone(), self.slot.name.clone());
+        let panic_hook = panic_report::hook_for(env.panics.clone(), self.slot.name.clone(), meta.info.clone());
+        let instance =
+            attach::attach::<I>(&library, env, &self.slot.name, keep_alive.clone(), runtime_gone, panic_hook.clone())?;
+        let version =
+            Version::new(instance, library, keep_alive, meta, retirement.clone(), self.slot.name.clone(), panic_hook);
         Ok(Box::new(PreparedVersion { slot: self.slot.clone(), version }))
     }
 

@@ -168,11 +168,6 @@ impl<I: Interface + ?Sized> Handle<I> {
         }
     }
 
-    /// The registry this handle came from, while it lives.
-    pub(crate) fn registry(&self) -> Option<Arc<Inner>> {
-        self.slot.registry.get().and_then(Weak::upgrade)
-    }
-
     /// The loadable's registered name.
     ///
     /// ```no_run
@@ -249,6 +244,11 @@ impl<I: Interface + ?Sized> Drop for Pinned<I> {
 }
 
 impl<I: Interface + ?Sized> Pinned<I> {
+    /// Where panics of the pinned version are reported.
+    pub(crate) fn panic_hook(&self) -> &verdant_loadable::__private::PanicHook {
+        self.version().panic_hook()
+    }
+
     fn version(&self) -> &Version<I> {
         // SAFETY: the version lives while this pin does (see the field).
         unsafe { self.version.0.as_ref() }

@@ -16,7 +16,8 @@
 //! retirement (`version.rs`), the SIGPIPE trigger (`sigpipe.rs`), the
 //! manifest and how it is applied (`manifest.rs`, `manifest_diff.rs`) and
 //! the axum side ([`axum`]: `mount.rs`, and `pipeline.rs`, which composes
-//! HTTP extensions). No library ever links it.
+//! HTTP extensions), panic reports (`panic_report.rs`) and systemd's
+//! notifications ([`systemd`]). No library ever links it.
 //!
 //! Libraries link only [`verdant-loadable`](verdant_loadable): [`Loadable`],
 //! [`export!`], the support code of `#[verdant_loadable::interface]`, the
@@ -119,6 +120,14 @@
 //! | a library's router | [`axum::mount`] looks the version up per request and keeps it pinned until the body ends | HTTP 500; mid-body, an aborted response |
 //! | allocations and logs of the library | the loader hands over the host's allocator table before any library code runs (`loader.rs`), and the logging table at attach | — |
 //!
+//! Every one of those panics is also reported, once: one `tracing` ERROR
+//! event and a [`PanicReport`] to the callback of [`Builder::on_panic`]
+//! (the loadable, its version, the method or request, the message, the
+//! library's `file:line:column`, its backtrace under `RUST_BACKTRACE`).
+//! `panic_report.rs` has the table of who reports what; neither the
+//! library's default panic hook nor the host's prints a panic that was
+//! reported.
+//!
 //! # Other costs of the boundary
 //!
 //! - Host and library must be built by the same rustc and the same cargo
@@ -146,6 +155,7 @@ mod loader;
 pub mod manifest;
 mod manifest_diff;
 mod metrics;
+mod panic_report;
 mod pin_cache;
 mod private_dir;
 mod registry;
@@ -155,6 +165,7 @@ mod serialize;
 mod sigpipe;
 mod status;
 mod sync;
+pub mod systemd;
 mod transaction;
 mod trigger;
 mod version;
@@ -168,6 +179,7 @@ pub use filter::{Filter, Select};
 pub use handle::{Handle, Pinned};
 pub use manifest::{Manifest, ManifestEntry, ManifestError};
 pub use metrics::METRICS_CONTENT_TYPE;
+pub use panic_report::PanicReport;
 pub use registry::{Builder, Verdant, DEFAULT_ATTACH_TIMEOUT};
 pub use report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 pub use sigpipe::SigpipeStats;

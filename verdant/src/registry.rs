@@ -19,6 +19,7 @@ use crate::loader::{Stages, System};
 use crate::manifest::Manifest;
 use crate::manifest_diff;
 use crate::metrics::{Gauges, Metrics};
+use crate::panic_report::{OnPanic, PanicReport, PanicSink};
 use crate::private_dir::PrivateDir;
 use crate::report::{Outcome, ReloadReport, Trigger};
 use crate::sigpipe::{self, SigpipeCounters};
@@ -59,6 +60,9 @@ pub struct Builder {
     mounts: Vec<(String, String)>,
     manifest: Option<PathBuf>,
     stages: Arc<dyn Stages>,
+    on_panic: Option<OnPanic>,
+    /// `systemd` calls; `None`: on when `NOTIFY_SOCKET` is set.
+    systemd: Option<bool>,
 }
 
 impl Builder {
@@ -254,6 +258,67 @@ impl Builder {
         self
     }
 
+    /// Calls `callback` once for every panic of library code, with a
+    /// [`PanicReport`]: the loadable, its version, where it panicked (the
+    /// method, or the HTTP request), the message, the library's
+    /// `file:line:column`, and the library's backtrace when `RUST_BACKTRACE`
+    /// asks for one. Plug error tracking (Sentry and the like) in here: the
+    /// host's panic hook never sees a panic that Verdant contains, and a
+    /// library panic that a method without a `Result` re-raises in the host
+    /// skips that hook too, because it was reported here already (see
+    /// [`boundary::Panic::resume`](crate::boundary::Panic::resume)).
+    ///
+    /// Every report is also one `tracing` ERROR event (target
+    /// `verdant::panic_report`), with or without a callback. The callback
+    /// runs on the thread that caught the panic (a request's, the
+    /// retirement thread for a detach hook), possibly inside library frames:
+    /// keep it short and never block; a panic in it is caught and logged.
+    /// Do not call loadables from it: for a panic outside any guard (a
+    /// thread the library started) it runs inside the library's panic hook,
+    /// where a second panic of that library aborts the process.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let panics = Arc::new(AtomicU64::new(0));
+    /// let counter = panics.clone();
+    /// let verdant = verdant::Verdant::builder(())
+    ///     .on_panic(move |report: &verdant::PanicReport| {
+    ///         counter.fetch_add(1, Ordering::Relaxed);
+    ///         eprintln!("{report}"); // loadable `shop` (shop-lib 0.1.0, generation 1) panicked in quote at src/lib.rs:94:13: ...
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), verdant::Error>(())
+    /// ```
+    pub fn on_panic(mut self, callback: impl Fn(&PanicReport) + Send + Sync + 'static) -> Self {
+        self.on_panic = Some(Arc::new(callback));
+        self
+    }
+
+    /// Whether the registry tells systemd about reloads that a signal
+    /// triggered (`Type=notify-reload` with `ReloadSignal=SIGPIPE`, so that
+    /// `systemctl reload` waits for the result): `RELOADING=1` with
+    /// `MONOTONIC_USEC=` before it loads anything, then `READY=1` with a
+    /// `STATUS=` naming the generation and the outcome. Default: on when the
+    /// environment variable `NOTIFY_SOCKET` is set when `build()` runs (it is
+    /// when systemd started the process with `Type=notify` or
+    /// `Type=notify-reload`), off otherwise; without `NOTIFY_SOCKET` nothing
+    /// is sent either way.
+    ///
+    /// The first `READY=1` is the host's to send, once it serves:
+    /// [`systemd::notify_ready`](crate::systemd::notify_ready). Reload
+    /// notifications start only after it, so a signal during start-up
+    /// cannot mark the service ready early. See [`crate::systemd`].
+    ///
+    /// ```
+    /// let builder = verdant::Verdant::builder(()).systemd(false); // even under systemd
+    /// ```
+    pub fn systemd(mut self, notify: bool) -> Self {
+        self.systemd = Some(notify);
+        self
+    }
+
     #[cfg(test)]
     pub(crate) fn stages(mut self, stages: Arc<dyn Stages>) -> Self {
         self.stages = stages;
@@ -292,6 +357,8 @@ impl Builder {
             Retirement::start().map_err(|e| Error::Worker { what: "retirement", reason: e.to_string() })?;
         let coordinator = Arc::new(Coordinator::default());
         let current_runtime = tokio::runtime::Handle::try_current().ok();
+        let panics = Arc::new(PanicSink::new(self.on_panic));
+        let systemd = self.systemd.unwrap_or_else(crate::systemd::under_systemd);
         let inner = Arc::new_cyclic(|inner: &Weak<Inner>| Inner {
             metrics: Metrics::new(inner.clone()),
             last_reload: Mutex::new(None),
@@ -315,7 +382,10 @@ impl Builder {
             sigpipe: Arc::new(SigpipeCounters::default()),
             sigpipe_listener: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
+            panics,
+            systemd,
         });
+        inner.panics.set_registry(Arc::downgrade(&inner));
         trigger::start_worker(coordinator, Arc::downgrade(&inner))
             .map_err(|e| Error::Worker { what: "reload", reason: e.to_string() })?;
         Ok(Verdant { inner })
@@ -508,6 +578,10 @@ pub(crate) struct Inner {
     metrics: Metrics,
     /// The last transaction's result (`finish`).
     last_reload: Mutex<Option<LastReload>>,
+    /// Where the panic reports of every version go (`Builder::on_panic`).
+    pub(crate) panics: Arc<PanicSink>,
+    /// `Builder::systemd`: signal-triggered reloads notify systemd.
+    pub(crate) systemd: bool,
 }
 
 /// Something that derives state from what serves (the HTTP pipeline) and
@@ -538,6 +612,8 @@ impl Verdant {
             mounts: Vec::new(),
             manifest: None,
             stages: Arc::new(System),
+            on_panic: None,
+            systemd: None,
         }
     }
 
@@ -865,6 +941,7 @@ impl Inner {
             runtime: self.explicit_runtime.clone().or_else(|| self.last_runtime.lock().clone()),
             timeout: self.attach_timeout,
             stuck: self.stuck.clone(),
+            panics: self.panics.clone(),
         }
     }
 

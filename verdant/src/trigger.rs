@@ -8,7 +8,9 @@
 //! starts after the last of them arrived: the newest build is never missed.
 //! Every caller in a batch receives that transaction's result. The registry
 //! logs it once and records it for `status()` and the metrics
-//! (`Inner::finish`), which is where a signal's result shows.
+//! (`Inner::finish`), which is where a signal's result shows; for a batch
+//! with a signal, the result is also sent to systemd as the reload's end
+//! ([`crate::systemd`]).
 
 use std::collections::BTreeSet;
 use std::sync::{mpsc, Arc, Weak};
@@ -123,7 +125,20 @@ pub(crate) fn start_worker(coordinator: Arc<Coordinator>, registry: Weak<Inner>)
             };
             let names: BTreeSet<Arc<str>> = batch.iter().flat_map(|r| r.names.iter().cloned()).collect();
             let trigger = batch[0].trigger;
+            // A signal in the batch may be systemd's `ReloadSignal`: tell it
+            // the reload starts (now, after the signal) and how it ended.
+            let signal = batch.iter().rev().find_map(|r| match r.trigger {
+                Trigger::Signal { sender } => Some(sender),
+                _ => None,
+            });
+            let notify = signal.filter(|_| crate::systemd::reload_notifications(inner.systemd));
+            if let Some(sender) = notify {
+                crate::systemd::notify_reloading(sender);
+            }
             let result = inner.run_reload(&names, trigger, batch.len());
+            if notify.is_some() {
+                crate::systemd::notify_reloaded(&result, inner.generation.load(std::sync::atomic::Ordering::Acquire));
+            }
             for request in batch {
                 request.waiter.send(result.clone());
             }

@@ -24,6 +24,7 @@ use crate::loader::{FileStamp, LoadedLibrary};
 use crate::report::VersionInfo;
 use crate::runtime_watch::RuntimeWatch;
 use crate::{Interface, ProxyContext};
+use verdant_loadable::__private::PanicHook;
 
 /// What is known about a version after it stopped serving. In JSON:
 /// `{"state": "detached"}`, `{"state": "panicked", "message": "..."}`.
@@ -227,6 +228,8 @@ pub(crate) struct Version<I: Interface + ?Sized> {
     keep_alive: ManuallyDrop<Arc<LibraryKeepAlive>>,
     meta: Arc<VersionMeta>,
     retirement: Retirement,
+    /// Reports this version's panics (the proxy's context has a clone).
+    panic_hook: PanicHook,
 }
 
 impl<I: Interface + ?Sized> Version<I> {
@@ -240,10 +243,11 @@ impl<I: Interface + ?Sized> Version<I> {
         meta: Arc<VersionMeta>,
         retirement: Retirement,
         name: Arc<str>,
+        panic_hook: PanicHook,
     ) -> Arc<Self> {
         Arc::new_cyclic(|version: &Weak<Version<I>>| {
             let version: Weak<dyn Any + Send + Sync> = version.clone();
-            let context = ProxyContext::new(name, version, keep_alive.clone());
+            let context = ProxyContext::new(name, version, keep_alive.clone(), panic_hook.clone());
             let boundary: *const I::Boundary = instance.boundary();
             // SAFETY: the boundary object lives inside `instance`, which this
             // version drops only after the proxy (see Drop).
@@ -255,6 +259,7 @@ impl<I: Interface + ?Sized> Version<I> {
                 keep_alive: ManuallyDrop::new(keep_alive),
                 meta,
                 retirement,
+                panic_hook,
             }
         })
     }
@@ -265,6 +270,11 @@ impl<I: Interface + ?Sized> Version<I> {
 
     pub(crate) fn meta(&self) -> &Arc<VersionMeta> {
         &self.meta
+    }
+
+    /// Where this version's panics are reported.
+    pub(crate) fn panic_hook(&self) -> &PanicHook {
+        &self.panic_hook
     }
 }
 
@@ -281,6 +291,7 @@ impl<I: Interface + ?Sized> Drop for Version<I> {
             )
         };
         let meta = self.meta.clone();
+        let panic_hook = self.panic_hook.clone();
         self.retirement.submit(Box::new(move || {
             let _span = tracing::info_span!("detach", package = %meta.info.package, generation = meta.info.generation)
                 .entered();
@@ -290,7 +301,7 @@ impl<I: Interface + ?Sized> Drop for Version<I> {
                     DetachState::Detached
                 }
                 Err(panic) => {
-                    tracing::error!(panic = panic.message(), "detach hook panicked; contained");
+                    panic_hook.report(&panic, "detach");
                     DetachState::Panicked(panic.message().to_owned())
                 }
             };

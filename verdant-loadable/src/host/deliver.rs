@@ -5,6 +5,7 @@
 use std::marker::PhantomData;
 
 use crate::boundary::Panic;
+use crate::interface::ProxyContext;
 use crate::panic::Panicked;
 
 /// Delivers a library panic to the caller of a proxy method whose return
@@ -32,28 +33,33 @@ impl<R> Deliver<R> {
 
 /// Chosen when the method returns `Result<T, E>` and `E` can hold a
 /// [`Panicked`].
+///
+/// Both impls report the panic first, once, through the version's reporter
+/// (`context`): the caller gets the error or the host panic, the operator
+/// the report.
 pub trait DeliverAsError<R> {
     /// Turns `panic` into the method's return value.
-    fn deliver(&self, panic: Panic, loadable: &str, method: &'static str) -> R;
+    fn deliver(&self, panic: Panic, context: &ProxyContext, method: &'static str) -> R;
 }
 
 impl<T, E: From<Panicked>> DeliverAsError<Result<T, E>> for Deliver<Result<T, E>> {
-    fn deliver(&self, panic: Panic, loadable: &str, method: &'static str) -> Result<T, E> {
-        let error = Panicked::new(panic, loadable, method);
-        tracing::error!(error = %error, "library panic returned as an error");
-        Err(E::from(error))
+    fn deliver(&self, panic: Panic, context: &ProxyContext, method: &'static str) -> Result<T, E> {
+        context.report_panic(&panic, method);
+        Err(E::from(Panicked::new(panic, context.loadable(), method)))
     }
 }
 
 /// Chosen for every other return type.
 pub trait DeliverAsPanic<R> {
     /// Re-raises `panic` in the host.
-    fn deliver(&self, panic: Panic, loadable: &str, method: &'static str) -> R;
+    fn deliver(&self, panic: Panic, context: &ProxyContext, method: &'static str) -> R;
 }
 
 impl<R> DeliverAsPanic<R> for &Deliver<R> {
-    fn deliver(&self, panic: Panic, loadable: &str, method: &'static str) -> R {
-        tracing::error!(loadable, method, panic = %panic, "library panic re-raised in the host");
+    fn deliver(&self, panic: Panic, context: &ProxyContext, method: &'static str) -> R {
+        // Reported here; `resume` skips the host's panic hook, so this is
+        // the only report (see `Panic::resume`).
+        context.report_panic(&panic, method);
         panic.resume()
     }
 }
@@ -62,8 +68,25 @@ impl<R> DeliverAsPanic<R> for &Deliver<R> {
 mod tests {
     #[allow(unused_imports)]
     use super::{Deliver, DeliverAsError as _, DeliverAsPanic as _};
+    use std::sync::{Arc, Mutex};
+
     use crate::boundary::{LibraryPanic, Panic};
-    use crate::Panicked;
+    use crate::panic::PanicHook;
+    use crate::{Panicked, ProxyContext};
+
+    /// `(site, message)` of every report, in order.
+    type Reported = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// A context for loadable `shop` whose reports land in the returned list.
+    fn context() -> (ProxyContext, Reported) {
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = reports.clone();
+        let hook = PanicHook::new(move |panic: &Panic, site: &str| {
+            sink.lock().unwrap().push((site.to_owned(), panic.message().to_owned()));
+        });
+        let version: std::sync::Weak<dyn std::any::Any + Send + Sync> = std::sync::Weak::<()>::new();
+        (ProxyContext::new(Arc::from("shop"), version, Arc::new(()), hook), reports)
+    }
 
     #[derive(Debug)]
     enum ShopError {
@@ -78,8 +101,9 @@ mod tests {
 
     #[test]
     fn a_result_whose_error_holds_a_verdant_error_receives_the_panic() {
+        let (context, reports) = context();
         let selector = &Deliver::<Result<u32, ShopError>>::new();
-        let result: Result<u32, ShopError> = selector.deliver(Panic::new("sold out"), "shop", "quote");
+        let result: Result<u32, ShopError> = selector.deliver(Panic::new("sold out"), &context, "quote");
         match result {
             Err(ShopError::Panicked(Panicked { loadable, method, message, .. })) => {
                 assert_eq!((loadable.as_str(), method, message.as_str()), ("shop", "quote", "sold out"));
@@ -87,24 +111,28 @@ mod tests {
             other => panic!("expected Panicked, got {other:?}"),
         }
         let selector = &Deliver::<std::io::Result<()>>::new();
-        let io: std::io::Result<()> = selector.deliver(Panic::new("x"), "shop", "save");
+        let io: std::io::Result<()> = selector.deliver(Panic::new("x"), &context, "save");
         assert!(io.unwrap_err().to_string().contains("loadable `shop` panicked in `save`"));
+        let reports = reports.lock().unwrap().clone();
+        assert_eq!(reports, [("quote".to_owned(), "sold out".to_owned()), ("save".to_owned(), "x".to_owned())]);
     }
 
     #[test]
     fn other_return_types_re_raise_the_panic_in_the_host() {
-        let caught = std::panic::catch_unwind(|| -> u32 {
+        let (context, reports) = context();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> u32 {
             let selector = &Deliver::<u32>::new();
-            selector.deliver(Panic::new("no stock"), "shop", "count")
-        })
+            selector.deliver(Panic::new("no stock"), &context, "count")
+        }))
         .unwrap_err();
         assert_eq!(caught.downcast_ref::<LibraryPanic>().map(|p| p.0.message()), Some("no stock"));
         // A Result whose error cannot hold a Panicked is "any other type".
-        let caught = std::panic::catch_unwind(|| -> Result<u32, String> {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<u32, String> {
             let selector = &Deliver::<Result<u32, String>>::new();
-            selector.deliver(Panic::new("typed"), "shop", "name")
-        })
+            selector.deliver(Panic::new("typed"), &context, "name")
+        }))
         .unwrap_err();
         assert!(caught.downcast_ref::<LibraryPanic>().is_some());
+        assert_eq!(reports.lock().unwrap().len(), 2, "each re-raised panic was reported once, before it was raised");
     }
 }

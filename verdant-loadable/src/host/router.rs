@@ -16,6 +16,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use crate::boundary::BoundaryFuture;
 use crate::interface::{LibraryPin, ProxyContext, VersionPin};
 use crate::library::router::LibraryRouter;
+use crate::site::RequestLine;
 
 impl LibraryRouter {
     /// Host side: an ordinary `axum::Router` that serves every request with
@@ -81,10 +82,12 @@ impl tower::Service<Request<Body>> for HostRouterService {
                 ),
             )));
         };
+        let line = RequestLine::of(&request);
         InFlight::Running {
             future: shared.library.service.call(request),
             version: Some(version),
             service: self.clone(),
+            line,
         }
     }
 }
@@ -97,8 +100,10 @@ enum InFlight {
     Running {
         future: BoundaryFuture<'static, Response<Body>>,
         version: Option<VersionPin>,
-        /// For the loadable's name in a panic's log line.
+        /// For the loadable's name and the report of a panic.
         service: HostRouterService,
+        /// What the request was, for the report of a panic.
+        line: RequestLine,
     },
     Answered(Option<Response<Body>>),
 }
@@ -113,15 +118,16 @@ impl Future for InFlight {
             InFlight::Answered(response) => response.take().unwrap_or_else(|| {
                 plain_response(StatusCode::INTERNAL_SERVER_ERROR, "polled after completion\n".to_owned())
             }),
-            InFlight::Running { future, version, service } => match future.as_mut().poll(cx) {
+            InFlight::Running { future, version, service, line } => match future.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(response)) => {
                     response.map(|body| Body::new(PinnedBody { body, version: version.take() }))
                 }
                 Poll::Ready(Err(panic)) => {
-                    let loadable = service.0.context.loadable();
-                    tracing::error!(loadable, panic = %panic, "a library request handler panicked; answered 500");
-                    internal_error(loadable)
+                    // The one report of this panic; the 500 says no more.
+                    let context = &service.0.context;
+                    context.report_panic(&panic, &line.to_string());
+                    internal_error(context.loadable())
                 }
             },
         };

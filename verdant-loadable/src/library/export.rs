@@ -6,8 +6,8 @@
 //! the loadable's code — attach, detach, the final drop, and each interface
 //! method — runs under the library-side panic guard of [`crate::boundary`].
 //! The attach entry point also links the library copy to its host: the
-//! runtime its guards enter, the logging forwarders, the panic-location hook
-//! (`runtime_link.rs`, `logging.rs`).
+//! runtime its guards enter, the logging forwarders, the panic hook and the
+//! host's panic reporter (`runtime_link.rs`, `logging.rs`, `guard.rs`).
 
 use std::fmt;
 
@@ -162,7 +162,7 @@ pub unsafe fn attach_entry<L: Loadable>(
     boundary: fn(&L) -> &<L::Interface as Interface>::Boundary,
 ) {
     let outcome: AttachOutcome<L::Interface> = match catch(|| {
-        crate::library::guard::install_location_hook();
+        crate::library::guard::install_panic_hook(args.panic_hook.clone());
         crate::library::logging::install(args.logging);
         crate::library::runtime_link::install(crate::library::runtime_link::HostLink {
             runtime: std::sync::Mutex::new(args.runtime.clone()),

@@ -4,58 +4,205 @@
 //! entry and the instance's retirement (`export.rs`), the boundary trait the
 //! interface macro generates, and the router and body wrappers
 //! (`router.rs`).
+//!
+//! Also the library copy's panic hook ([`install_panic_hook`]), which
+//! records where a panic happened for the guard that catches it and
+//! reports panics no guard catches, and [`report`], through which
+//! library-side guards report what they cannot return to the host.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::backtrace::{Backtrace, BacktraceStatus};
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 use std::task::{Context, Poll};
 
 use crate::library::runtime_link;
-use crate::panic::Panic;
+use crate::panic::{Panic, PanicHook};
 
 thread_local! {
-    /// The location of the last panic on this thread, written by the hook
-    /// [`install_location_hook`] sets and taken by [`catch`].
-    static LAST_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// What the hook [`install_panic_hook`] sets recorded about the last
+    /// panic on this thread that a guard was going to catch (its location
+    /// and backtrace), taken by [`catch`].
+    static LAST_PANIC: RefCell<Option<Recorded>> = const { RefCell::new(None) };
+    /// How many [`catch`] calls are running on this thread: a panic raised
+    /// while it is above zero unwinds into one of them. Const-initialised
+    /// without a destructor, so readable even during thread teardown.
+    static GUARDS: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Makes this copy of `std` record where each panic happened, so that
-/// [`Panic::location`] can report it. Called by the attach entry point, once
-/// per library copy; the previous hook (by default: the message on stderr)
-/// still runs.
-pub(crate) fn install_location_hook() {
+/// The location and backtrace of a panic, as the hook saw it.
+struct Recorded {
+    location: Option<String>,
+    backtrace: Option<String>,
+}
+
+/// Where this library copy reports panics: the host's hook for the version
+/// this copy was attached as (set once, at attach; every load is a fresh
+/// copy). Unset in the host's own copy of this crate, and in a library that
+/// was never attached.
+static HOST_HOOK: OnceLock<PanicHook> = OnceLock::new();
+
+/// What a panic payload that is neither a `&str` nor a `String` reads as.
+const NON_STRING_PAYLOAD: &str = "<non-string panic payload>";
+
+/// Installs this library copy's panic hook and hands it the host's
+/// [`PanicHook`]. Called by the attach entry point, first thing, once per
+/// library copy.
+///
+/// The hook replaces the default one (which printed every panic to stderr
+/// as `thread '<unnamed>' panicked at ...`, before and regardless of any
+/// report) and decides by where the panic will end:
+///
+/// - **a guard will catch it** (a [`catch`] is running on this thread): it
+///   only records the location and, when `RUST_BACKTRACE` asks for one, the
+///   backtrace, for [`catch`] to put into the [`Panic`]; whoever consumes
+///   that value reports it, once (see [`PanicHook`]), so nothing is printed
+///   here;
+/// - **no guard will** (a thread or a task the library started, a
+///   destructor at thread exit): it reports the panic to the host right
+///   away, through the host's hook, as a panic "outside any guard". Verdant
+///   does not contain such a panic: it ends that thread, or that task (its
+///   `JoinHandle` gets the error), as it would in any program; the report
+///   is all the host learns of it;
+/// - **no host hook** (this crate running outside a loaded library, as in
+///   its own tests): the previous hook runs, by default std's message on
+///   stderr.
+///
+/// A panic that library code catches itself (its own `catch_unwind` inside
+/// a guarded call) is recorded and never reported, as it never reaches a
+/// guard.
+pub(crate) fn install_panic_hook(host: PanicHook) {
+    let _ = HOST_HOOK.set(host);
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if let Some(location) = info.location() {
-                let text = format!("{}:{}:{}", location.file(), location.line(), location.column());
-                // `try_with`: a panic during thread teardown has no slot left.
-                let _ = LAST_LOCATION.try_with(|last| *last.borrow_mut() = Some(text));
+            let location = info.location().map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
+            // `try_with`: during thread teardown a slot may be gone, and a
+            // panic here (inside the panic hook) would abort the process.
+            if GUARDS.try_with(Cell::get).unwrap_or(0) > 0 {
+                let recorded = Recorded { location, backtrace: capture_backtrace() };
+                let _ = LAST_PANIC.try_with(|last| {
+                    if let Ok(mut last) = last.try_borrow_mut() {
+                        *last = Some(recorded);
+                    }
+                });
+            } else if let Some(host) = HOST_HOOK.get() {
+                let message = info.payload_as_str().unwrap_or(NON_STRING_PAYLOAD).to_owned();
+                let panic = Panic::located(message, location, capture_backtrace());
+                host.report(&panic, UNGUARDED_SITE);
+            } else {
+                previous(info);
             }
-            previous(info);
         }));
     });
 }
 
-/// The [`Panic`] record of a caught payload, with the location the hook
-/// recorded on this thread.
+/// The site of a panic raised outside any guard.
+const UNGUARDED_SITE: &str =
+    "outside any guard (a thread or task of the library's): not contained by Verdant, it ends that thread or task";
+
+/// Reports a panic that a library-side guard caught and cannot hand to the
+/// host as a value (a response body that fails mid-stream, a drop): through
+/// the host's hook when this copy has one, else as a `tracing` error (this
+/// crate running in the host itself). `site` says where.
+pub(crate) fn report(panic: &Panic, site: &dyn fmt::Display) {
+    match HOST_HOOK.get() {
+        Some(host) => host.report(panic, &site.to_string()),
+        None => tracing::error!(panic = %panic, "{site}: a library panic was caught and contained"),
+    }
+}
+
+/// The backtrace of the panic being raised, when the environment asks for
+/// one (`RUST_LIB_BACKTRACE`/`RUST_BACKTRACE`, read by this copy of `std`).
+/// Trimmed like std's short backtrace unless `RUST_BACKTRACE=full`.
+fn capture_backtrace() -> Option<String> {
+    let backtrace = Backtrace::capture();
+    if backtrace.status() != BacktraceStatus::Captured {
+        return None;
+    }
+    let text = backtrace.to_string();
+    static FULL: OnceLock<bool> = OnceLock::new();
+    let full = *FULL.get_or_init(|| {
+        let full = |name: &str| std::env::var_os(name).is_some_and(|value| value == "full");
+        full("RUST_LIB_BACKTRACE") || full("RUST_BACKTRACE")
+    });
+    Some(if full { text } else { short_backtrace(&text) })
+}
+
+/// The frames of a rendered backtrace between the panic machinery and the
+/// `catch_unwind` that catches the panic (or the start of the thread), as
+/// std's default hook prints them without `RUST_BACKTRACE=full`.
+fn short_backtrace(full: &str) -> String {
+    // A frame starts with a line `   N: symbol`; its `at file:line` lines follow.
+    let mut frames: Vec<String> = Vec::new();
+    for line in full.lines() {
+        let trimmed = line.trim_start();
+        let header =
+            trimmed.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match frames.last_mut() {
+            Some(frame) if !header => {
+                frame.push('\n');
+                frame.push_str(line);
+            }
+            _ => frames.push(line.to_owned()),
+        }
+    }
+    let symbol = |frame: &String| frame.lines().next().unwrap_or_default().to_owned();
+    let start = frames.iter().rposition(|f| symbol(f).contains("__rust_end_short_backtrace")).map_or(0, |i| i + 1);
+    // The guard's frames: by symbol, or by file for frames that inlining
+    // left with a short name (`{async_block#0}`, `do_call<..>`).
+    let guard = |frame: &String| {
+        let symbol = symbol(frame);
+        symbol.contains("verdant_loadable::library::guard::")
+            || symbol.contains("__rust_begin_short_backtrace")
+            || frame.lines().skip(1).any(|at| at.contains("verdant-loadable") && at.contains("src/library/guard.rs"))
+    };
+    let end = frames[start..].iter().position(guard).map_or(frames.len(), |i| start + i);
+    let mut short = frames[start..end].join("\n");
+    short.push_str(
+        "\nnote: frames of the panic machinery and of Verdant's guard are left out; RUST_BACKTRACE=full shows them",
+    );
+    short
+}
+
+/// The [`Panic`] record of a caught payload, with the location and backtrace
+/// the hook recorded on this thread.
 fn panic_from_payload(payload: &(dyn Any + Send)) -> Panic {
     let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
-        "<non-string panic payload>".to_owned()
+        NON_STRING_PAYLOAD.to_owned()
     };
     // `try_with`: during thread teardown the slot may be gone, and a panic
     // here (outside `catch_unwind`) would abort the process.
-    let location = LAST_LOCATION.try_with(|last| last.borrow_mut().take()).ok().flatten();
-    Panic::located(message, location)
+    let recorded =
+        LAST_PANIC.try_with(|last| last.try_borrow_mut().ok().and_then(|mut last| last.take())).ok().flatten();
+    let (location, backtrace) = recorded.map_or((None, None), |r| (r.location, r.backtrace));
+    Panic::located(message, location, backtrace)
+}
+
+/// Counts a running [`catch`] on this thread while it lives.
+struct Guarding;
+
+impl Guarding {
+    fn enter() -> Guarding {
+        let _ = GUARDS.try_with(|guards| guards.set(guards.get().saturating_add(1)));
+        Guarding
+    }
+}
+
+impl Drop for Guarding {
+    fn drop(&mut self) {
+        let _ = GUARDS.try_with(|guards| guards.set(guards.get().saturating_sub(1)));
+    }
 }
 
 /// Runs `f`, turning a panic into a [`Panic`] value.
@@ -66,10 +213,15 @@ fn panic_from_payload(payload: &(dyn Any + Send)) -> Panic {
 /// loadables are stateless by contract: a panicked call leaves nothing behind
 /// that a later call relies on.
 ///
+/// In a loaded library, a panic caught here is not printed by the library's
+/// panic hook: it is reported once, by whoever consumes the returned
+/// [`Panic`] (see [`PanicHook`]).
+///
 /// ```
 /// assert_eq!(verdant_loadable::boundary::catch(|| 2 + 2), Ok(4));
 /// ```
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
+    let _guarding = Guarding::enter();
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let panic = panic_from_payload(&*payload);
         // The payload was allocated by this copy of std; drop it here, still
@@ -181,8 +333,12 @@ impl<F: Future> Future for Guarded<F> {
                 Poll::Ready(dropped.map(|()| value))
             }
             Err(panic) => {
-                // A drop panic after a poll panic adds nothing to report.
-                let _ = this.finish();
+                // The poll's panic goes to the host as the result; a second
+                // panic while dropping the future has nowhere to go but the
+                // report.
+                if let Err(dropped) = this.finish() {
+                    report(&dropped, &"dropping a library future after it panicked");
+                }
                 Poll::Ready(Err(panic))
             }
         }
@@ -205,7 +361,7 @@ impl<F> Guarded<F> {
 impl<F> Drop for Guarded<F> {
     fn drop(&mut self) {
         if let Err(panic) = self.finish() {
-            tracing::error!(panic = %panic, "a library future panicked while it was dropped; contained");
+            report(&panic, &"dropping a library future");
         }
     }
 }
@@ -331,7 +487,7 @@ mod tests {
     fn panics_carry_no_location_outside_a_loaded_library_and_display_it_inside() {
         let plain = catch(|| panic!("plain")).unwrap_err();
         assert_eq!(plain.to_string(), "panicked: plain");
-        let located = Panic::located("boom".to_owned(), Some("src/lib.rs:3:5".to_owned()));
+        let located = Panic::located("boom".to_owned(), Some("src/lib.rs:3:5".to_owned()), None);
         assert_eq!(located.to_string(), "panicked at src/lib.rs:3:5: boom");
     }
 }

@@ -24,8 +24,9 @@ use ::axum::http::{Request, Response};
 use ::axum::response::IntoResponse;
 
 use crate::boundary::{guard_future, BoundaryFuture};
-use crate::library::guard::cleanup;
+use crate::library::guard::{cleanup, report};
 use crate::library::router::{guard_response, GuardedBody};
+use crate::site::{BodySite, RequestLine};
 
 /// A middleware made by library code: an async function of the request and
 /// the rest of the pipeline ([`Next`]), wrapped so that the host can run it
@@ -113,8 +114,9 @@ where
     fn call(&self, request: Request<Body>, next: Next) -> BoundaryFuture<'static, Response<Body>> {
         let f = &*self.f;
         guard_future(move || {
+            let site = BodySite::response(RequestLine::of(&request));
             let future = f(request, next);
-            async move { guard_response(future.await.into_response()) }
+            async move { guard_response(future.await.into_response(), site) }
         })
     }
 }
@@ -123,7 +125,7 @@ impl<F> Drop for GuardedMiddleware<F> {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here.
         if let Err(panic) = cleanup(|| unsafe { ManuallyDrop::drop(&mut self.f) }) {
-            tracing::error!(panic = %panic, "dropping a library middleware panicked; contained");
+            report(&panic, &"dropping a library middleware");
         }
     }
 }
@@ -174,9 +176,10 @@ impl Next {
     /// # let _ = response; }
     /// ```
     pub async fn run(self, request: Request<Body>) -> Response<Body> {
+        let site = BodySite::request(RequestLine::of(&request));
         let (mut parts, body) = request.into_parts();
         parts.extensions.clear();
-        let request = Request::from_parts(parts, Body::new(GuardedBody::new(body)));
+        let request = Request::from_parts(parts, Body::new(GuardedBody::new(body, site)));
         self.inner.run(request).await
     }
 }

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::boundary::{call, guard_future, BoundaryFuture, Panic};
-use crate::library::guard::cleanup;
+use crate::library::guard::{cleanup, report};
+use crate::site::{BodySite, RequestLine};
 
 /// A router made by library code, wrapped so that the host can serve it
 /// without ever running an unguarded line of library code.
@@ -79,12 +80,13 @@ impl RouterBoundary for GuardedRouter {
             // A `Router` clone is an `Arc` clone; axum clones routers per
             // connection the same way.
             let router = Router::clone(router);
+            let site = BodySite::response(RequestLine::of(&request));
             async move {
                 let response = match tower::ServiceExt::oneshot(router, request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
-                guard_response(response)
+                guard_response(response, site)
             }
         })
     }
@@ -94,19 +96,19 @@ impl Drop for GuardedRouter {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here.
         if let Err(panic) = cleanup(|| unsafe { ManuallyDrop::drop(&mut self.router) }) {
-            tracing::error!(panic = %panic, "dropping a library router panicked; contained");
+            report(&panic, &"dropping a library router");
         }
     }
 }
 
 /// Prepares a library response for the host: its body becomes a
-/// [`GuardedBody`], and its extensions are dropped here, inside the
-/// library, because they are type-erased values whose code (their `Drop`)
-/// is the library's.
-pub(crate) fn guard_response(response: Response<Body>) -> Response<Body> {
+/// [`GuardedBody`] (reporting as `site`), and its extensions are dropped
+/// here, inside the library, because they are type-erased values whose code
+/// (their `Drop`) is the library's.
+pub(crate) fn guard_response(response: Response<Body>, site: BodySite) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     parts.extensions.clear();
-    Response::from_parts(parts, Body::new(GuardedBody::new(body)))
+    Response::from_parts(parts, Body::new(GuardedBody::new(body, site)))
 }
 
 /// A response body whose every `poll_frame`, `is_end_stream`, `size_hint`
@@ -115,17 +117,21 @@ pub(crate) fn guard_response(response: Response<Body>) -> Response<Body> {
 /// A panic in the middle of the body ends it with an error frame: the
 /// status line and the frames before it were already sent, so hyper can
 /// only abort the response (the client sees a truncated body or a reset
-/// connection), and the service keeps running.
+/// connection), and the service keeps running. The panic has nowhere to go
+/// as a value (the error frame is all hyper sees, and hyper does not log
+/// it), so it is reported here, once, through the host's reporter, naming
+/// `site`.
 pub(crate) struct GuardedBody {
     inner: ManuallyDrop<Body>,
     failed: bool,
+    site: BodySite,
 }
 
 impl GuardedBody {
     /// Guards `body`, a body whose code may be the library's. Library side
     /// only: the guard is this copy's.
-    pub(crate) fn new(body: Body) -> Self {
-        GuardedBody { inner: ManuallyDrop::new(body), failed: false }
+    pub(crate) fn new(body: Body, site: BodySite) -> Self {
+        GuardedBody { inner: ManuallyDrop::new(body), failed: false, site }
     }
 }
 
@@ -156,21 +162,28 @@ impl HttpBody for GuardedBody {
             Ok(frame) => frame,
             Err(panic) => {
                 this.failed = true;
-                tracing::error!(panic = %panic, "a library response body panicked mid-stream; the response is aborted");
+                report(&panic, &this.site.during("mid-stream: the response is aborted"));
                 Poll::Ready(Some(Err(::axum::Error::new(BodyPanicked(panic)))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || call(|| self.inner.is_end_stream()).unwrap_or(true)
+        self.failed
+            || call(|| self.inner.is_end_stream()).unwrap_or_else(|panic| {
+                report(&panic, &self.site.during("is_end_stream"));
+                true
+            })
     }
 
     fn size_hint(&self) -> SizeHint {
         if self.failed {
             return SizeHint::with_exact(0);
         }
-        call(|| self.inner.size_hint()).unwrap_or_default()
+        call(|| self.inner.size_hint()).unwrap_or_else(|panic| {
+            report(&panic, &self.site.during("size_hint"));
+            SizeHint::default()
+        })
     }
 }
 
@@ -178,7 +191,7 @@ impl Drop for GuardedBody {
     fn drop(&mut self) {
         // SAFETY: dropped exactly once, here.
         if let Err(panic) = cleanup(|| unsafe { ManuallyDrop::drop(&mut self.inner) }) {
-            tracing::error!(panic = %panic, "dropping a library response body panicked; contained");
+            report(&panic, &self.site.during("drop"));
         }
     }
 }

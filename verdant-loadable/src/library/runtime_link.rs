@@ -116,7 +116,9 @@ pub(crate) fn install(link: HostLink) {
 pub fn release() {
     if let Some(link) = LINK.get() {
         let runtime = link.runtime.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let _ = crate::boundary::catch(move || drop(runtime));
+        if let Err(panic) = crate::boundary::catch(move || drop(runtime)) {
+            crate::library::guard::report(&panic, &"releasing the library's runtime handle");
+        }
     }
 }
 

@@ -1,6 +1,5 @@
 //! Mounting a loadable's router, looked up per request.
 
-use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,9 +11,8 @@ use ::axum::body::Body;
 use ::axum::http::{Request, Response, StatusCode};
 use ::axum::Router;
 
-use verdant_loadable::__private::{internal_error, plain_response as text};
+use verdant_loadable::__private::{internal_error, plain_response as text, MountPrefix};
 
-use crate::boundary::LibraryPanic;
 use crate::error::{Error, HandleError};
 use crate::handle::Handle;
 use crate::version::ServingPin;
@@ -62,7 +60,8 @@ where
         return Err(Error::InvalidMountName { name: name.to_owned() });
     }
     let path = format!("/{name}");
-    Ok(Router::new().nest_service(&path, Mount { handle, router }))
+    let prefix = MountPrefix(Arc::from(path.as_str()));
+    Ok(Router::new().nest_service(&path, Mount { handle, router, prefix }))
 }
 
 /// Which version answered a request served through [`mount`], in the
@@ -97,11 +96,13 @@ pub struct Served {
 struct Mount<I: Interface + ?Sized, F> {
     handle: Handle<I>,
     router: F,
+    /// `/<name>`, which `nest_service` strips: reports name the full path.
+    prefix: MountPrefix,
 }
 
 impl<I: Interface + ?Sized, F: Clone> Clone for Mount<I, F> {
     fn clone(&self) -> Self {
-        Mount { handle: self.handle.clone(), router: self.router.clone() }
+        Mount { handle: self.handle.clone(), router: self.router.clone(), prefix: self.prefix.clone() }
     }
 }
 
@@ -118,7 +119,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let pinned = match self.handle.get() {
             Ok(pinned) => pinned,
             Err(error @ HandleError::Revoked { .. }) => {
@@ -129,20 +130,15 @@ where
             }
         };
         // A library panic while building the router reaches the host as a
-        // host panic (re-raised by the proxy): catch it here, with the
-        // host's std, which raised it.
+        // host panic (reported, then re-raised by the proxy): catch it here,
+        // with the host's std, which raised it. A panic of the host's own
+        // `router` closure was printed by the host's panic hook.
         let select = &self.router;
         let router = match catch_unwind(AssertUnwindSafe(|| select(&pinned))) {
             Ok(router) => router,
-            Err(payload) => {
-                let name = self.handle.name();
-                if let Some(registry) = self.handle.registry() {
-                    registry.count_library_panic(name);
-                }
-                tracing::error!(loadable = name, panic = %panic_text(&*payload), "building the library's router panicked; answered 500");
-                return Box::pin(std::future::ready(Ok(internal_error(name))));
-            }
+            Err(_) => return Box::pin(std::future::ready(Ok(internal_error(self.handle.name())))),
         };
+        request.extensions_mut().insert(self.prefix.clone());
         let served = Served {
             loadable: Arc::from(self.handle.name()),
             generation: pinned.generation(),
@@ -162,17 +158,5 @@ where
             }
             response
         })
-    }
-}
-
-fn panic_text(payload: &(dyn Any + Send)) -> String {
-    if let Some(library) = payload.downcast_ref::<LibraryPanic>() {
-        library.0.to_string()
-    } else if let Some(text) = payload.downcast_ref::<&'static str>() {
-        (*text).to_owned()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "<non-string panic payload>".to_owned()
     }
 }

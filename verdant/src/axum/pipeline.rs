@@ -49,7 +49,9 @@ use parking_lot::{Mutex, RwLock};
 use tower::util::Oneshot;
 use verdant_loadable::http::{HttpExtension, Middleware, Next};
 
-use verdant_loadable::__private::{host_panic_text, internal_error, plain_response as text};
+use verdant_loadable::__private::{
+    host_panic_text, internal_error, plain_response as text, MountPrefix, PanicHook, RequestLine,
+};
 
 use crate::axum::Served;
 use crate::entry::Entry;
@@ -233,14 +235,13 @@ impl Shared {
     fn rebuild(&self, inner: &Inner) {
         let _rebuilding = self.rebuilding.lock();
         let sources = self.sources.read().clone();
-        let mut snapshot =
-            Snapshot { fallback: self.fallback.read().clone(), registry: self.registry.clone(), ..Snapshot::default() };
+        let mut snapshot = Snapshot { fallback: self.fallback.read().clone(), ..Snapshot::default() };
         for entry in inner.entries() {
             if entry.dormant {
                 continue;
             }
             if let Ok(slot) = entry.slot.clone().downcast::<Slot<dyn HttpExtension>>() {
-                add_extension(&mut snapshot, inner, &entry, Handle::new(slot));
+                add_extension(&mut snapshot, &entry, Handle::new(slot));
             } else if let Some(mount) = &entry.mount {
                 let built = sources.iter().find_map(|source| source(&entry));
                 match built {
@@ -254,10 +255,9 @@ impl Shared {
                     Some(Err(unbuilt)) => {
                         let reason = match unbuilt {
                             Unbuilt::NotServing(reason) => reason,
-                            Unbuilt::Panicked(reason) => {
-                                inner.count_library_panic(&entry.name);
-                                reason
-                            }
+                            // A library panic was reported (and counted) by the
+                            // proxy that re-raised it.
+                            Unbuilt::Panicked(reason) => reason,
                         };
                         snapshot.unavailable.push(Unavailable {
                             mount: mount.clone(),
@@ -280,7 +280,7 @@ impl Shared {
 }
 
 /// Adds an HTTP extension's middleware and routes to `snapshot`.
-fn add_extension(snapshot: &mut Snapshot, inner: &Inner, entry: &Entry, handle: Handle<dyn HttpExtension>) {
+fn add_extension(snapshot: &mut Snapshot, entry: &Entry, handle: Handle<dyn HttpExtension>) {
     let pinned = match handle.get() {
         Ok(pinned) => {
             let meta = pinned.meta().clone();
@@ -297,17 +297,18 @@ fn add_extension(snapshot: &mut Snapshot, inner: &Inner, entry: &Entry, handle: 
             return;
         }
     };
-    // A library panic in these calls is re-raised by the proxy as a host
-    // panic: caught here, the extension is left out of the pipeline.
+    // A library panic in these calls is reported and re-raised by the
+    // proxy as a host panic: caught here, the extension is left out of the
+    // pipeline (the report has the panic; this says what follows from it).
     match catch_unwind(AssertUnwindSafe(|| pinned.middleware())) {
         Ok(Some(middleware)) => {
-            snapshot.stages.push(Stage { name: entry.name.clone(), middleware, _pin: pinned.clone() });
+            let panic_hook = pinned.panic_hook().clone();
+            snapshot.stages.push(Stage { name: entry.name.clone(), middleware, panic_hook, _pin: pinned.clone() });
         }
         Ok(None) => {}
-        Err(payload) => {
-            inner.count_library_panic(&entry.name);
-            tracing::error!(loadable = %entry.name, panic = %host_panic_text(&*payload),
-                "the extension's middleware() panicked; its middleware is left out of the pipeline");
+        Err(_) => {
+            tracing::warn!(loadable = %entry.name,
+                "the extension's middleware() panicked (reported above); its middleware is left out of the pipeline");
         }
     }
     let Some(mount) = &entry.mount else { return };
@@ -320,7 +321,7 @@ fn add_extension(snapshot: &mut Snapshot, inner: &Inner, entry: &Entry, handle: 
             _pin: pinned,
         }),
         Err(payload) => {
-            inner.count_library_panic(&entry.name);
+            // Reported (and counted) by the proxy that re-raised it.
             snapshot.unavailable.push(Unavailable {
                 mount: mount.clone(),
                 name: entry.name.clone(),
@@ -342,13 +343,13 @@ struct Snapshot {
     routes: Vec<Route>,
     unavailable: Vec<Unavailable>,
     fallback: Option<Router>,
-    /// The registry, to count the library panics requests run into.
-    registry: Weak<Inner>,
 }
 
 struct Stage {
     name: Arc<str>,
     middleware: Middleware,
+    /// Reports a panic of the middleware's version.
+    panic_hook: PanicHook,
     _pin: Arc<ServingPin<Pinned<dyn HttpExtension>>>,
 }
 
@@ -505,9 +506,10 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
             }
         })
     };
+    let line = RequestLine::of(&request);
     let future = stage.middleware.serve(request, next);
     let name = stage.name.clone();
-    let registry = snapshot.registry.clone();
+    let panic_hook = stage.panic_hook.clone();
     Box::pin(async move {
         match future.await {
             Ok(mut response) => {
@@ -517,10 +519,8 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
                 response
             }
             Err(panic) => {
-                if let Some(registry) = registry.upgrade() {
-                    registry.count_library_panic(&name);
-                }
-                tracing::error!(loadable = %name, panic = %panic, "a library middleware panicked; answered 500");
+                // The one report of this panic; the 500 says no more.
+                panic_hook.report(&panic, &format!("{line} (middleware)"));
                 internal_error(&name)
             }
         }
@@ -531,7 +531,9 @@ fn run(snapshot: Arc<Snapshot>, index: usize, request: Request<Body>) -> Running
 fn route(snapshot: &Snapshot, request: Request<Body>) -> Routed {
     let path = request.uri().path();
     if let Some(route) = snapshot.routes.iter().find(|route| under(path, &route.mount)) {
-        let request = strip(request, route.mount.len());
+        let mut request = strip(request, route.mount.len());
+        // Reports of the library's panics name the path the client asked for.
+        request.extensions_mut().insert(MountPrefix(route.mount.clone()));
         return Routed::Route {
             call: tower::ServiceExt::oneshot(route.router.clone(), request),
             served: Some(route.served.clone()),
