@@ -429,10 +429,10 @@ fn calls_from_many_threads_never_fail_across_reloads_and_every_instance_detaches
     );
 }
 
-/// `Handle::get` caches the serving version per thread (verdant's
-/// `pin_cache.rs`). Once `reload()` returned, no `get()` may serve the old
-/// version on any thread: threads that call all the time (warm caches), some
-/// of them holding a pin across each reload (a busy cache entry), read the
+/// Once `reload()` returned, no `get()` may serve the old version on any
+/// thread (a guard against any caching of the serving version, per thread or
+/// otherwise): threads that call all the time, some of them holding a pin
+/// across each reload, read the
 /// generation the main thread published after each reload returned, then
 /// call `get()`, which must serve that generation or a newer one.
 #[test]

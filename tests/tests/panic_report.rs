@@ -228,12 +228,12 @@ fn the_demo_reports_a_library_panic_once_on_stderr() {
         "version=0.1.0",
         "generation=1",
         "site=GET /shop/quote/boom",
-        "shop-lib/src/lib.rs:",
+        "shop-lib/src/shop.rs:",
     ] {
         assert!(report.contains(expected), "the report has `{expected}`: {report}");
     }
     assert_eq!(
-        stderr.matches("shop-lib/src/lib.rs:").count(),
+        stderr.matches("shop-lib/src/shop.rs:").count(),
         1,
         "the library's location appears in that line only:\n{stderr}"
     );

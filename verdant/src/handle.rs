@@ -1,30 +1,24 @@
 //! Proxy handles: how callers reach the serving version of a loadable.
 //!
-//! The hot path is [`Handle::get`]: this thread's cached reference to the
-//! slot's version, checked against the global epoch and pinned by a counter
-//! only this thread writes (`pin_cache.rs`, whose invariants say why no new
-//! call gets a retired version and why a cache never delays a detach). It
-//! takes no lock, writes no cache line shared with other cores, and never
-//! waits for a reload: a reload builds the new version completely before it
-//! stores it, and the store returns only after every thread will see it.
-//! The slow path (first call on a thread, after any reload, a thread whose
-//! entry is busy, no `membarrier`) pins through `ArcSwapOption::load_full`.
-//! Measured alternatives on this machine (issue #2): `Arc<dyn Trait>`
-//! 1.8 ns, `ArcSwap::load` 12 ns, read lock + `Arc` clone 21 ns,
-//! hot-lib-reloader's RwLock + `dlsym` per call 50 ns; a plain `Arc` clone
-//! per call would bounce the reference count between cores.
+//! The hot path is [`Handle::get`]: one `ArcSwapOption::load`, which pins the
+//! serving version through arc-swap's per-thread debt slots. It takes no lock,
+//! writes no cache line shared with other cores, and never waits for a
+//! reload: a reload builds the new version completely before it stores it,
+//! and the store pays the outstanding debts of the old one, turning them into
+//! real reference counts. Measured alternatives on this machine (issue #2):
+//! `Arc<dyn Trait>` 1.8 ns, `ArcSwap::load` 12 ns, read lock + `Arc` clone
+//! 21 ns, hot-lib-reloader's RwLock + `dlsym` per call 50 ns; a plain `Arc`
+//! clone per call would bounce the reference count between cores.
 
 use std::fmt;
 use std::ops::Deref;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwapOption, Guard};
 use parking_lot::Mutex;
 
 use crate::error::HandleError;
-use crate::pin_cache::{self, Loaded};
 use crate::registry::Inner;
 use crate::status::LoadableFailure;
 use crate::version::{Version, VersionMeta};
@@ -33,10 +27,6 @@ use crate::Interface;
 /// The current version of one loadable, shared by the registry and handles.
 pub(crate) struct Slot<I: Interface + ?Sized> {
     pub(crate) name: Arc<str>,
-    /// Its id in the per-thread caches, never reused.
-    id: u64,
-    /// Read here and by the slow path of `get`; written only by
-    /// [`Slot::store`].
     pub(crate) current: ArcSwapOption<Version<I>>,
     pub(crate) revoked: AtomicBool,
     /// Why its newest build is not serving (read only when `get` fails).
@@ -47,48 +37,23 @@ pub(crate) struct Slot<I: Interface + ?Sized> {
 }
 
 impl<I: Interface + ?Sized> Slot<I> {
+    /// Stores `new` and returns the version it replaced. `swap` returns
+    /// only after every reader that loaded the old version through an
+    /// arc-swap debt slot has had its debt paid, so from here on the old
+    /// version's strong count is its exact number of pins (plus ours).
+    pub(crate) fn store(&self, new: Option<Arc<Version<I>>>) -> Option<Arc<Version<I>>> {
+        self.current.swap(new)
+    }
+
     pub(crate) fn new(name: Arc<str>) -> Self {
         Slot {
             name,
-            id: pin_cache::slot_id(),
             current: ArcSwapOption::empty(),
             revoked: AtomicBool::new(false),
             failure: Mutex::new(None),
             registry: OnceLock::new(),
         }
     }
-
-    /// Stores `new` and returns the version it replaced. When it returns, no
-    /// `get()` on any thread gets the old version any more, and no thread's
-    /// cache holds it unless a call pinned it is still in flight
-    /// (`pin_cache::retire`). `swap` itself returns only after every reader
-    /// that loaded the old version through an arc-swap debt slot has had its
-    /// debt paid, so from here on the old version's strong count is the
-    /// number of owned pins and of caches with calls in flight (plus ours).
-    pub(crate) fn store(&self, new: Option<Arc<Version<I>>>) -> Option<Arc<Version<I>>> {
-        let old = self.current.swap(new);
-        pin_cache::retire(self.id);
-        old
-    }
-}
-
-impl<I: Interface + ?Sized> Drop for Slot<I> {
-    fn drop(&mut self) {
-        // Caches must not keep the last version of a dropped slot (its
-        // detach would never run).
-        pin_cache::retire(self.id);
-    }
-}
-
-/// Drops a reference that `Handle::get` turned into a raw pointer.
-///
-/// # Safety
-///
-/// `version` comes from `Arc::<Version<I>>::into_raw`, and this is its one
-/// release.
-unsafe fn release<I: Interface + ?Sized>(version: *mut ()) {
-    // SAFETY: by the caller's contract.
-    drop(unsafe { Arc::from_raw(version as *const Version<I>) });
 }
 
 /// A cheap, cloneable handle to a loadable's interface.
@@ -132,27 +97,11 @@ impl<I: Interface + ?Sized> Handle<I> {
     /// ```
     #[inline]
     pub fn get(&self) -> Result<Pinned<I>, HandleError> {
-        match pin_cache::pin(self.slot.id) {
-            Some((entry, version)) => Ok(Pinned { version: Shared(version.cast()), entry: Some(entry) }),
-            None => self.get_slow(),
-        }
-    }
-
-    /// Loads the slot and caches its version for this thread.
-    #[cold]
-    fn get_slow(&self) -> Result<Pinned<I>, HandleError> {
-        // `into_raw` is never null; the reference is released by `release::<I>`.
-        let load = || {
-            self.slot
-                .current
-                .load_full()
-                .and_then(|version| NonNull::new(Arc::into_raw(version).cast_mut()))
-                .map(NonNull::cast)
-        };
-        match pin_cache::load(self.slot.id, load, release::<I>) {
-            Loaded::Pinned(entry, version) => Ok(Pinned { version: Shared(version.cast()), entry: Some(entry) }),
-            Loaded::Owned(version) => Ok(Pinned { version: Shared(version.cast()), entry: None }),
-            Loaded::Empty => Err(self.unavailable()),
+        let version = self.slot.current.load();
+        if version.is_some() {
+            Ok(Pinned { version })
+        } else {
+            Err(self.unavailable())
         }
     }
 
@@ -209,38 +158,7 @@ impl<I: Interface + ?Sized> fmt::Debug for Handle<I> {
 /// caught in the library and re-raised as a host panic carrying a
 /// [`LibraryPanic`](crate::boundary::LibraryPanic).
 pub struct Pinned<I: Interface + ?Sized> {
-    /// The pinned version: alive while this pin lives, through the cache
-    /// entry that counts it, or through the strong reference this pin owns.
-    version: Shared<Version<I>>,
-    /// Where it is counted; `None`: `version` is this pin's own strong
-    /// reference (`Arc::into_raw`).
-    entry: Option<&'static pin_cache::Entry>,
-}
-
-/// The pointer of a pin: `Send` and `Sync` when an `Arc<T>` is.
-struct Shared<T: ?Sized>(NonNull<T>);
-
-// SAFETY: a pin is a shared reference to a `T` kept alive by a reference
-// count, as an `Arc<T>` is, so it may cross threads when that `Arc` may:
-// `T: Send + Sync`. Dropping a pin on another thread is what
-// `pin_cache::unpin` counts apart (`foreign`). The bound is on `T` alone,
-// not on `Interface`: `async` blocks that hold a pin are checked for every
-// lifetime of `dyn Trait + '_`, and `Interface` is implemented only for
-// `'static`.
-unsafe impl<T: ?Sized + Send + Sync> Send for Shared<T> {}
-// SAFETY: `&Shared<T>` gives only `&T`, as `&Arc<T>` does.
-unsafe impl<T: ?Sized + Send + Sync> Sync for Shared<T> {}
-
-impl<I: Interface + ?Sized> Drop for Pinned<I> {
-    #[inline]
-    fn drop(&mut self) {
-        match self.entry {
-            Some(entry) => pin_cache::unpin(entry),
-            // SAFETY: an uncached pin owns one strong reference from
-            // `Arc::into_raw` (`get_slow`), released here, once.
-            None => unsafe { release::<I>(self.version.0.as_ptr().cast()) },
-        }
-    }
+    version: Guard<Option<Arc<Version<I>>>>,
 }
 
 impl<I: Interface + ?Sized> Pinned<I> {
@@ -250,8 +168,11 @@ impl<I: Interface + ?Sized> Pinned<I> {
     }
 
     fn version(&self) -> &Version<I> {
-        // SAFETY: the version lives while this pin does (see the field).
-        unsafe { self.version.0.as_ref() }
+        match &*self.version {
+            Some(version) => version,
+            // `Handle::get` builds a `Pinned` only from a `Some`.
+            None => unreachable!("a Pinned always holds a version"),
+        }
     }
 
     /// The generation of the transaction that loaded this version.

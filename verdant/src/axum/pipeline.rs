@@ -378,24 +378,23 @@ impl tower::Service<Request<Body>> for Pipeline {
     }
 
     fn call(&mut self, request: Request<Body>) -> PipelineFuture {
-        // The common case, routes without middleware, needs the snapshot only
-        // to pick the route: the route's router pins its own version for the
-        // response (its body holds the pin), so the snapshot is read through
-        // arc-swap's guard, which writes no shared cache line, and the
-        // future is not boxed.
-        let current = self.shared.current.load();
-        if current.stages.is_empty() {
-            return PipelineFuture { stage: Path::Routed { routed: route(&current, request) } };
+        let snapshot = self.shared.current.load_full();
+        if snapshot.stages.is_empty() {
+            // No middleware: the route's router pins its own version for the
+            // response (its body holds the pin) when it is first polled; the
+            // snapshot keeps that version alive until then (a reload may
+            // replace the snapshot meanwhile), and the future is not boxed.
+            let routed = route(&snapshot, request);
+            return PipelineFuture { path: Path::Routed { routed, snapshot: Some(snapshot) } };
         }
         // Middleware: the response body holds the whole snapshot, so every
         // version the request went through stays attached until it ends.
-        let snapshot = arc_swap::Guard::into_inner(current);
         let running = run(snapshot.clone(), 0, request);
         let running: Running = Box::pin(async move {
             let response = running.await;
             response.map(|body| Body::new(SnapshotBody { body, snapshot: Some(snapshot) }))
         });
-        PipelineFuture { stage: Path::Running { running } }
+        PipelineFuture { path: Path::Running { running } }
     }
 }
 
@@ -403,15 +402,16 @@ pin_project_lite::pin_project! {
     /// The response future of [`Pipeline`].
     pub struct PipelineFuture {
         #[pin]
-        stage: Path,
+        path: Path,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = PathProjection]
     enum Path {
-        // Straight to a route (no middleware).
-        Routed { #[pin] routed: Routed },
+        // Straight to a route (no middleware); the snapshot is held until
+        // the first poll, when the route's router has pinned its version.
+        Routed { #[pin] routed: Routed, snapshot: Option<Arc<Snapshot>> },
         // Through the middlewares.
         Running { running: Running },
     }
@@ -421,8 +421,14 @@ impl Future for PipelineFuture {
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().stage.project() {
-            PathProjection::Routed { routed } => routed.poll(cx).map(Ok),
+        match self.project().path.project() {
+            PathProjection::Routed { routed, snapshot } => {
+                let polled = routed.poll(cx);
+                // Polled once: the router called its service, which pinned
+                // the version it serves with (or answered already).
+                snapshot.take();
+                polled.map(Ok)
+            }
             PathProjection::Running { running } => running.as_mut().poll(cx).map(Ok),
         }
     }
