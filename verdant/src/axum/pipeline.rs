@@ -100,6 +100,7 @@ pub fn pipeline(verdant: &Verdant) -> Pipeline {
         fallback: RwLock::new(None),
         current: ArcSwap::from_pointee(Snapshot::default()),
         rebuilding: Mutex::new(()),
+        configured: std::sync::atomic::AtomicBool::new(false),
     });
     let listener: Weak<dyn ChangeListener> = Arc::downgrade(&shared) as Weak<dyn ChangeListener>;
     inner.subscribe(listener);
@@ -156,6 +157,7 @@ impl Pipeline {
     }
 
     fn rebuild(&self) {
+        self.shared.configured.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(inner) = self.shared.registry.upgrade() {
             self.shared.rebuild(&inner);
         }
@@ -223,10 +225,16 @@ struct Shared {
     /// Serialises rebuilds, so the last one stored is built from the latest
     /// state.
     rebuilding: Mutex<()>,
+    /// Whether the host is done configuring the pipeline (it called
+    /// `routes` or `fallback`, or the registry changed since): only then is
+    /// a mount without routes worth a warning, not in the first build that
+    /// `pipeline()` makes before the host could call `routes`.
+    configured: std::sync::atomic::AtomicBool,
 }
 
 impl ChangeListener for Shared {
     fn changed(&self, inner: &Inner) {
+        self.configured.store(true, std::sync::atomic::Ordering::Relaxed);
         self.rebuild(inner);
     }
 }
@@ -265,11 +273,12 @@ impl Shared {
                             reason: reason.into(),
                         })
                     }
-                    None => {
+                    None if self.configured.load(std::sync::atomic::Ordering::Relaxed) => {
                         tracing::warn!(loadable = %entry.name, mount = %mount, interface = entry.interface,
                             "the loadable has a mount but the pipeline has no routes for its interface \
                              (call Pipeline::routes::<dyn YourTrait>(..)); nothing is served there");
                     }
+                    None => {}
                 }
             }
         }
