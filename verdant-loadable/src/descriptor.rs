@@ -21,13 +21,17 @@ use crate::interface::Interface;
 /// The symbol name of the descriptor. It carries the descriptor ABI version,
 /// so a library built for another ABI shows up by name in the dynamic symbol
 /// table without being opened.
-pub const SYMBOL: &str = "__verdant_descriptor_v1";
+pub const SYMBOL: &str = "__verdant_descriptor_v2";
 
 /// What every descriptor symbol name starts with.
 pub const SYMBOL_PREFIX: &str = "__verdant_descriptor_";
 
-/// The descriptor ABI this build of verdant reads and writes.
-pub const ABI_VERSION: u32 = 1;
+/// The descriptor ABI this build of verdant reads and writes. Bumped (with
+/// [`SYMBOL`]) whenever a type the descriptor reaches changes layout:
+/// version 2 added the panic hook to `AttachArgs`, the backtrace to
+/// `Panic`, `release_host_link` and `panic_unwind`. A library built for
+/// another version is refused by name before it is opened.
+pub const ABI_VERSION: u32 = 2;
 
 /// The first bytes of every descriptor.
 pub const MAGIC: [u8; 16] = *b"verdant-loadable";
