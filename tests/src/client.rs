@@ -53,6 +53,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Whether the server said it closes the connection after this answer.
+    pub fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|value| value.eq_ignore_ascii_case("close"))
+    }
+
     /// The value of header `name` as text, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|value| value.to_str().ok())
@@ -67,6 +72,8 @@ impl Answer {
 /// One client connection (keep-alive: requests on it go one after another).
 pub struct Connection {
     sender: SendRequest<Body>,
+    /// The task that drives the connection: aborted by [`Connection::close`].
+    task: tokio::task::AbortHandle,
 }
 
 impl Connection {
@@ -75,11 +82,29 @@ impl Connection {
         let stream = guard("connecting", tokio::net::TcpStream::connect(addr)).await.expect("connect");
         let (sender, connection) =
             guard("handshake", hyper::client::conn::http1::handshake(TokioIo::new(stream))).await.expect("handshake");
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // Ends when the test drops the sender or the server closes.
             let _ = connection.await;
-        });
-        Connection { sender }
+        })
+        .abort_handle();
+        Connection { sender, task }
+    }
+
+    /// Hangs up at once, whatever is in flight: the socket is closed, as
+    /// a client that goes away mid-body closes it.
+    pub fn close(self) {
+        self.task.abort();
+    }
+
+    /// Waits (under the hang guard) until the server has closed this
+    /// connection; panics if it stays open for [`HANG_GUARD`].
+    pub async fn wait_closed_by_server(&self) {
+        guard("waiting for the server to close the connection", async {
+            while !self.sender.is_closed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
     }
 
     /// Sends `GET path` with `headers` and returns the response with its
