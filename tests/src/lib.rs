@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod demo_app;
+pub mod events;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fixture_api::{FixtureContext, Probe, Shared};
 use verdant::{Error, HandleError, LoadError, Outcome, ReloadFailure, ReloadReport, RetireReason, Step, Verdant};
+use verdant_tests::events::{EventLog, LoggedEvent};
 use verdant_tests::{eventually, Artifact};
 
 /// Two loadables: `healthy` (good-v1) and `missing`, whose file is not
@@ -406,55 +407,13 @@ fn build_refuses_bad_groups() {
     assert_eq!(verdant.names(), ["a", "b"]);
 }
 
-/// An event of verdant's own: its level and fields (the message as
-/// `message`).
-#[derive(Debug, Clone)]
-struct Logged {
-    level: tracing::Level,
-    fields: std::collections::BTreeMap<String, String>,
-}
-
-/// Records verdant's events (target `verdant::*`).
-struct RecordVerdantEvents(Arc<std::sync::Mutex<Vec<Logged>>>);
-
-impl tracing::field::Visit for Logged {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.fields.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.fields.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl tracing::Subscriber for RecordVerdantEvents {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if event.metadata().target().starts_with("verdant") {
-            let mut logged = Logged { level: *event.metadata().level(), fields: Default::default() };
-            event.record(&mut logged);
-            self.0.lock().unwrap().push(logged);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn every_failure_is_logged_once_at_error_with_loadable_step_and_cause() {
-    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
-    tracing::subscriber::set_global_default(RecordVerdantEvents(events.clone())).expect("first subscriber");
-    let errors = || -> Vec<Logged> {
-        let mut events = events.lock().unwrap();
-        let errors = events.iter().filter(|e| e.level == tracing::Level::ERROR).cloned().collect();
-        events.clear();
-        errors
+    let events = EventLog::install();
+    // Verdant's ERROR events since the last call.
+    let errors = || -> Vec<LoggedEvent> {
+        let verdant = |e: &LoggedEvent| e.level == tracing::Level::ERROR && e.target.starts_with("verdant");
+        events.take().into_iter().filter(verdant).collect()
     };
 
     for strict in [false, true] {

@@ -299,37 +299,15 @@ fn a_revoke_during_a_reload_waits_for_it_and_swaps_nothing() {
     assert!(status.loadables[0].retired.iter().all(|r| r.version.package_version == "0.1.0"), "{status}");
 }
 
-/// Counts events with target "fixture" (the fixture libraries log one per
-/// attach), so the test sees what the library's copy of tracing emits.
-struct CountFixtureEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl tracing::Subscriber for CountFixtureEvents {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if event.metadata().target() == "fixture" {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn library_events_reach_the_hosts_subscriber() {
-    let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tracing::subscriber::set_global_default(CountFixtureEvents(events.clone())).expect("first subscriber");
+    // The fixture libraries log one event with target "fixture" per attach.
+    let events = verdant_tests::events::EventLog::install();
     let (artifact, verdant, _shared) = attached_v1();
-    assert_eq!(events.load(std::sync::atomic::Ordering::SeqCst), 1, "the v1 attach event reached the host");
+    assert_eq!(events.count_target("fixture"), 1, "the v1 attach event reached the host");
     artifact.install("good-v2");
     verdant.reload_blocking(None).unwrap();
-    assert_eq!(events.load(std::sync::atomic::Ordering::SeqCst), 2, "and the v2 library's, a fresh copy of tracing");
+    assert_eq!(events.count_target("fixture"), 2, "and the v2 library's, a fresh copy of tracing");
 }
 
 #[test]

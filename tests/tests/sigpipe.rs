@@ -295,7 +295,7 @@ fn every_kill_pipe_counts_under_a_flood_of_broken_pipes() {
     assert!(status.sigpipe.listening, "{status}");
 }
 
-/// A subscriber that counts the SIGPIPE listener's events and writes each
+/// A layer that counts the SIGPIPE listener's events and writes each
 /// as a line to a broken pipe, like logs going to a stdout whose reader
 /// exited: every line raises one more SIGPIPE.
 struct LogToBrokenStdout {
@@ -303,16 +303,8 @@ struct LogToBrokenStdout {
     stdout: libc::c_int,
 }
 
-impl tracing::Subscriber for LogToBrokenStdout {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogToBrokenStdout {
+    fn on_event(&self, event: &tracing::Event<'_>, _context: tracing_subscriber::layer::Context<'_, S>) {
         if event.metadata().target() == "verdant::sigpipe" {
             self.sigpipe_events.fetch_add(1, Ordering::SeqCst);
         }
@@ -320,8 +312,6 @@ impl tracing::Subscriber for LogToBrokenStdout {
         // subscriber owns; it fails with EPIPE, as a log to a closed stdout.
         unsafe { libc::write(self.stdout, b"log line\n".as_ptr().cast(), 9) };
     }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// Ignored SIGPIPEs are summarised, never logged one by one: a line per
@@ -337,7 +327,10 @@ fn ignored_sigpipes_are_summarised_not_logged_one_by_one() {
         assert_eq!(libc::close(fds[0]), 0);
     }
     let sigpipe_events = Arc::new(AtomicU64::new(0));
-    let subscriber = LogToBrokenStdout { sigpipe_events: sigpipe_events.clone(), stdout: fds[1] };
+    let subscriber = tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::registry(),
+        LogToBrokenStdout { sigpipe_events: sigpipe_events.clone(), stdout: fds[1] },
+    );
     tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber of this process");
     let artifact = Artifact::new("good-v1");
     let (verdant, _shared, _probe) = attached(&artifact);

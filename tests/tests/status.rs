@@ -4,7 +4,6 @@
 //! reload, and versions that were rolled back or attached too late.
 
 use std::error::Error as StdError;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -12,9 +11,9 @@ use fixture_api::edge::{Edge, EdgeContext};
 use fixture_api::{FixtureContext, Probe};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use verdant::{DetachState, Error, HandleError, LateResult, Outcome, RetireReason, Step, Verdant};
 use verdant_tests::client::{self, guard, next_chunk, Connection};
+use verdant_tests::events::EventLog;
 use verdant_tests::{eventually, poll_until, Artifact};
 
 type TestResult = Result<(), Box<dyn StdError>>;
@@ -232,11 +231,9 @@ fn rolled_back_and_late_versions_appear_in_status() {
 /// again, and no WARN; a successful one is one INFO event.
 #[test]
 fn a_failed_reload_is_logged_once() {
-    let events = Events::default();
-    let subscriber = tracing_subscriber::registry().with(Recorder(events.clone()));
     // Reloads run on the registry's worker thread: only a global subscriber
-    // sees them (nextest runs every test in a process of its own).
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test process");
+    // sees them.
+    let events = EventLog::install();
 
     let artifact = Artifact::new("good-v1");
     let verdant = Verdant::builder(FixtureContext::new())
@@ -267,46 +264,4 @@ fn a_failed_reload_is_logged_once() {
     assert!(warnings.is_empty(), "nothing else about it: {warnings:#?}");
     let causes = events.all().into_iter().filter(|e| e.contains("no database")).count();
     assert_eq!(causes, 1, "the cause appears once in the whole log: {:#?}", events.all());
-}
-
-/// Events as `LEVEL target: message field=value ...`.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<(tracing::Level, String)>>>);
-
-impl Events {
-    fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().iter().map(|(_, text)| text.clone()).collect()
-    }
-
-    fn matching(&self, level: tracing::Level, word: &str) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(l, text)| *l == level && text.contains(word))
-            .map(|(_, t)| t.clone())
-            .collect()
-    }
-}
-
-struct Recorder(Events);
-
-impl<S: tracing::Subscriber> Layer<S> for Recorder {
-    fn on_event(&self, event: &tracing::Event<'_>, _context: Context<'_, S>) {
-        let mut text = format!("{} {}:", event.metadata().level(), event.metadata().target());
-        event.record(&mut Fields(&mut text));
-        self.0 .0.lock().unwrap().push((*event.metadata().level(), text));
-    }
-}
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={value:?}", field.name()));
-    }
-
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.push_str(&format!(" {}={value}", field.name()));
-    }
 }
