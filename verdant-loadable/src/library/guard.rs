@@ -533,6 +533,34 @@ mod tests {
     }
 
     #[test]
+    fn the_guard_count_follows_nested_and_panicking_calls() {
+        // The panic hook tells a guarded panic from an unguarded one by this
+        // count: it must be exact inside, and back to zero after, every
+        // guarded call, whether it returned or panicked.
+        let count = || THREAD.with(|thread| thread.guards.get());
+        assert_eq!(count(), 0);
+        let nested = catch(|| {
+            assert_eq!(count(), 1);
+            let inner = call(|| -> u32 {
+                assert_eq!(count(), 2);
+                panic!("inner")
+            });
+            assert_eq!(count(), 1);
+            inner
+        });
+        match nested {
+            Ok(Err(panic)) => assert_eq!(panic.message(), "inner"),
+            other => panic!("expected the inner panic as a value, got {other:?}"),
+        }
+        assert_eq!(count(), 0);
+        assert!(cleanup(|| panic!("outer")).is_err());
+        assert_eq!(count(), 0);
+        // In the host's own copy (no link) nothing is entered.
+        assert_eq!(call(|| tokio::runtime::Handle::try_current().is_ok()), Ok(false));
+        assert!(!THREAD.with(|thread| thread.entered_runtime.get()));
+    }
+
+    #[test]
     fn a_finished_future_yields_its_value() {
         let mut future = guard_future(|| async { 7 });
         assert_eq!(poll_once(future.as_mut()), Poll::Ready(Ok(7)));
