@@ -16,8 +16,10 @@
 //!   what pinning costs (`verdant_get_call` is about this plus
 //!   `verdant_pinned_call`).
 //! - `verdant_get_call_runtime`: the same, from a registry with a tokio
-//!   runtime, which library code must find (docs/boundary.md §2): each thread
-//!   enters it once, on its first call (see verdant's `runtime.rs`).
+//!   runtime, which library code must find (docs/boundary.md §2). The bench
+//!   threads are not threads of a runtime, so each call enters the runtime
+//!   and leaves it (a runtime's own threads enter once, for good: see
+//!   verdant-loadable's `library/runtime_link.rs`); this is that slow path.
 //! - `async/*`: an `async fn` of the interface that is ready at once, polled
 //!   once: a host-local `async_trait` object (`local_async`) against the
 //!   loaded library through the proxy, the library's future guard and the

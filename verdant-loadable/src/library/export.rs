@@ -166,6 +166,7 @@ pub unsafe fn attach_entry<L: Loadable>(
         crate::library::logging::install(args.logging);
         crate::library::runtime_link::install(crate::library::runtime_link::HostLink {
             runtime: std::sync::Mutex::new(args.runtime.clone()),
+            enter: args.runtime.is_some(),
             runtime_gone: args.runtime_gone.clone(),
             on_runtime_thread: args.on_runtime_thread,
             keep_alive: std::sync::Arc::downgrade(&args.keep_alive),

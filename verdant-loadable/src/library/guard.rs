@@ -29,10 +29,38 @@ thread_local! {
     /// panic on this thread that a guard was going to catch (its location
     /// and backtrace), taken by [`catch`].
     static LAST_PANIC: RefCell<Option<Recorded>> = const { RefCell::new(None) };
+    /// What every guarded call reads and writes on its thread, in one
+    /// thread-local: in a `dlopen`ed library each thread-local access is a
+    /// call to `__tls_get_addr`, and this path runs on every call into
+    /// library code (issue 11: three lookups per call were a sixth of a
+    /// call's time). Const-initialised without a destructor, so readable
+    /// even during thread teardown.
+    static THREAD: ThreadState = const { ThreadState { guards: Cell::new(0), entered_runtime: Cell::new(false) } };
+}
+
+/// The per-thread state of this library copy's guards (see [`THREAD`]).
+pub(crate) struct ThreadState {
     /// How many [`catch`] calls are running on this thread: a panic raised
-    /// while it is above zero unwinds into one of them. Const-initialised
-    /// without a destructor, so readable even during thread teardown.
-    static GUARDS: Cell<u32> = const { Cell::new(0) };
+    /// while it is above zero unwinds into one of them.
+    guards: Cell<u32>,
+    /// Whether this thread entered the host runtime for good
+    /// (`runtime_link.rs`, "Entering once per thread").
+    pub(crate) entered_runtime: Cell<bool>,
+}
+
+/// Runs `body` with this thread's [`ThreadState`], or `None` if the
+/// thread-local can no longer be reached (never expected: it has no
+/// destructor; handled rather than assumed).
+#[inline]
+pub(crate) fn with_thread<R>(body: impl FnOnce(Option<&ThreadState>) -> R) -> R {
+    let state = THREAD.try_with(|state| state as *const ThreadState).ok();
+    // SAFETY: the pointer comes from this thread's own `THREAD`, a
+    // thread-local without destructor: its storage stays valid until the
+    // thread exits, and this call runs on this thread. The reference lives
+    // only for `body` (its lifetime is the closure's argument's), and
+    // `ThreadState` is `!Sync` (it holds `Cell`s), so it cannot reach
+    // another thread.
+    body(state.map(|state| unsafe { &*state }))
 }
 
 /// The location and backtrace of a panic, as the hook saw it.
@@ -85,7 +113,7 @@ pub(crate) fn install_panic_hook(host: PanicHook) {
             let location = info.location().map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
             // `try_with`: during thread teardown a slot may be gone, and a
             // panic here (inside the panic hook) would abort the process.
-            if GUARDS.try_with(Cell::get).unwrap_or(0) > 0 {
+            if THREAD.try_with(|thread| thread.guards.get()).unwrap_or(0) > 0 {
                 let recorded = Recorded { location, backtrace: capture_backtrace() };
                 let _ = LAST_PANIC.try_with(|last| {
                     if let Ok(mut last) = last.try_borrow_mut() {
@@ -190,19 +218,44 @@ fn panic_from_payload(payload: &(dyn Any + Send)) -> Panic {
 }
 
 /// Counts a running [`catch`] on this thread while it lives.
-struct Guarding;
+struct Guarding<'a>(Option<&'a ThreadState>);
 
-impl Guarding {
-    fn enter() -> Guarding {
-        let _ = GUARDS.try_with(|guards| guards.set(guards.get().saturating_add(1)));
-        Guarding
+impl<'a> Guarding<'a> {
+    #[inline]
+    fn enter(thread: Option<&'a ThreadState>) -> Guarding<'a> {
+        if let Some(thread) = thread {
+            thread.guards.set(thread.guards.get().saturating_add(1));
+        }
+        Guarding(thread)
     }
 }
 
-impl Drop for Guarding {
+impl Drop for Guarding<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let _ = GUARDS.try_with(|guards| guards.set(guards.get().saturating_sub(1)));
+        if let Some(thread) = self.0 {
+            thread.guards.set(thread.guards.get().saturating_sub(1));
+        }
     }
+}
+
+/// [`catch`] with this thread's state already looked up.
+#[inline]
+fn guarded<R>(thread: Option<&ThreadState>, f: impl FnOnce() -> R) -> Result<R, Panic> {
+    let _guarding = Guarding::enter(thread);
+    catch_unwind(AssertUnwindSafe(f)).map_err(caught)
+}
+
+/// What a caught payload becomes; out of line, so that the guarded path
+/// itself stays small enough to inline into each boundary method.
+#[cold]
+#[inline(never)]
+fn caught(payload: Box<dyn Any + Send>) -> Panic {
+    let panic = panic_from_payload(&*payload);
+    // The payload was allocated by this copy of std; drop it here, still
+    // inside the library, and guard against a payload whose Drop panics.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    panic
 }
 
 /// Runs `f`, turning a panic into a [`Panic`] value.
@@ -220,15 +273,9 @@ impl Drop for Guarding {
 /// ```
 /// assert_eq!(verdant_loadable::boundary::catch(|| 2 + 2), Ok(4));
 /// ```
+#[inline]
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
-    let _guarding = Guarding::enter();
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let panic = panic_from_payload(&*payload);
-        // The payload was allocated by this copy of std; drop it here, still
-        // inside the library, and guard against a payload whose Drop panics.
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-        panic
-    })
+    with_thread(|thread| guarded(thread, f))
 }
 
 /// Runs `f` inside the host's runtime context and turns a panic into a
@@ -245,17 +292,25 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
 /// ```
 #[inline]
 pub fn call<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
-    if runtime_link::runtime_gone() {
-        return Err(Panic::new(runtime_link::RUNTIME_GONE));
-    }
-    cleanup(f)
+    with_thread(|thread| {
+        if runtime_link::runtime_gone() {
+            return Err(runtime_gone());
+        }
+        guarded(thread, || runtime_link::with_runtime_on(thread, f))
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn runtime_gone() -> Panic {
+    Panic::new(runtime_link::RUNTIME_GONE)
 }
 
 /// Like [`call`], but runs `f` even after the runtime was shut down: for
 /// detach hooks and drops, which must run exactly once whatever happened.
 #[inline]
 pub(crate) fn cleanup<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
-    catch(|| runtime_link::with_runtime(f))
+    with_thread(|thread| guarded(thread, || runtime_link::with_runtime_on(thread, f)))
 }
 
 /// A future made by a library, as the host receives it: every poll and the
@@ -475,6 +530,34 @@ mod tests {
         .join()
         .expect("the thread ends normally");
         assert_eq!(caught.load(Ordering::SeqCst), 1, "the late panic was caught and reported");
+    }
+
+    #[test]
+    fn the_guard_count_follows_nested_and_panicking_calls() {
+        // The panic hook tells a guarded panic from an unguarded one by this
+        // count: it must be exact inside, and back to zero after, every
+        // guarded call, whether it returned or panicked.
+        let count = || THREAD.with(|thread| thread.guards.get());
+        assert_eq!(count(), 0);
+        let nested = catch(|| {
+            assert_eq!(count(), 1);
+            let inner = call(|| -> u32 {
+                assert_eq!(count(), 2);
+                panic!("inner")
+            });
+            assert_eq!(count(), 1);
+            inner
+        });
+        match nested {
+            Ok(Err(panic)) => assert_eq!(panic.message(), "inner"),
+            other => panic!("expected the inner panic as a value, got {other:?}"),
+        }
+        assert_eq!(count(), 0);
+        assert!(cleanup(|| panic!("outer")).is_err());
+        assert_eq!(count(), 0);
+        // In the host's own copy (no link) nothing is entered.
+        assert_eq!(call(|| tokio::runtime::Handle::try_current().is_ok()), Ok(false));
+        assert!(!THREAD.with(|thread| thread.entered_runtime.get()));
     }
 
     #[test]

@@ -70,11 +70,12 @@
 //! ([`runtime_gone`]).
 
 use std::any::Any;
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use tokio::runtime::Handle;
+
+use crate::library::guard::ThreadState;
 
 /// What a library copy knows about its host.
 pub(crate) struct HostLink {
@@ -82,6 +83,10 @@ pub(crate) struct HostLink {
     /// `Builder::runtime`); `None` once [`release`]d, or when the registry
     /// has none.
     pub runtime: Mutex<Option<Handle>>,
+    /// Whether `runtime` held a handle at attach: guarded calls then enter
+    /// it. Fixed at attach, so the hot path reads it without the lock;
+    /// after [`release`] the slow path finds the handle gone and just runs.
+    pub enter: bool,
     /// Set by the host when that runtime was shut down.
     pub runtime_gone: Arc<AtomicBool>,
     /// Whether the calling thread is a thread of a tokio runtime, asked of
@@ -134,35 +139,43 @@ pub(crate) fn runtime() -> Option<Handle> {
     LINK.get()?.runtime.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-thread_local! {
-    /// Whether this thread entered the host runtime for good (see the module
-    /// docs). Const-initialised without a destructor: readable at any time,
-    /// even during thread teardown.
-    static ENTERED_FOR_GOOD: Cell<bool> = const { Cell::new(false) };
+/// Runs `f` where library code finds the host's runtime (see
+/// [`with_runtime_on`]), looking this thread's guard state up itself.
+#[inline]
+pub(crate) fn with_runtime<R>(f: impl FnOnce() -> R) -> R {
+    crate::library::guard::with_thread(|thread| with_runtime_on(thread, f))
 }
 
 /// Runs `f` where library code finds the host's runtime: on a thread that
-/// entered it for good, directly; otherwise inside a scoped entry (or, on a
-/// runtime thread, after entering for good). In the host itself, when the
-/// registry has no runtime, or after [`release`], `f` just runs.
+/// entered it for good, or when there is nothing to enter, directly;
+/// otherwise inside a scoped entry (or, on a runtime thread, after entering
+/// for good). In the host itself, when the registry has no runtime, or after
+/// [`release`], `f` just runs. `thread` is this thread's guard state (`None`
+/// only if its thread-local is gone: then it enters around the call).
+///
+/// The common cases decide without a lock or a write: whether the copy was
+/// linked with a runtime is fixed at attach ([`HostLink::enter`]), and
+/// whether this thread entered it for good is a flag of its own.
 #[inline]
-pub(crate) fn with_runtime<R>(f: impl FnOnce() -> R) -> R {
-    // `try_with`: during thread teardown the slot may be gone; enter then.
-    if ENTERED_FOR_GOOD.try_with(Cell::get).unwrap_or(false) {
+pub(crate) fn with_runtime_on<R>(thread: Option<&ThreadState>, f: impl FnOnce() -> R) -> R {
+    if thread.is_some_and(|thread| thread.entered_runtime.get()) || !LINK.get().is_some_and(|link| link.enter) {
         return f();
     }
-    enter_then(f)
+    enter_then(thread, f)
 }
 
 #[cold]
-fn enter_then<R>(f: impl FnOnce() -> R) -> R {
+fn enter_then<R>(thread: Option<&ThreadState>, f: impl FnOnce() -> R) -> R {
     let Some(link) = LINK.get() else { return f() };
+    // `None` once released: no library code of this copy runs any more
+    // but cleanup, which needs no runtime.
     let Some(runtime) = runtime() else { return f() };
     // A guard of this copy live on this thread (library code entered a
     // runtime itself, or an outer guard of ours): a forgotten guard made now
     // would sit above it and break tokio's drop order.
     let inside = Handle::try_current().is_ok();
-    if !inside && (link.on_runtime_thread)() && ENTERED_FOR_GOOD.try_with(|entered| entered.set(true)).is_ok() {
+    if let Some(thread) = thread.filter(|_| !inside && (link.on_runtime_thread)()) {
+        thread.entered_runtime.set(true);
         // The guard borrows `runtime` only in its type; what it keeps is
         // its own handle clone in tokio's thread-local, dropped when this
         // runtime thread exits.
