@@ -574,22 +574,50 @@ fn under(path: &str, mount: &str) -> bool {
 
 /// The request with the first `prefix` bytes of its path removed (`/shop/x`
 /// becomes `/x`, `/shop` becomes `/`), as `nest_service` does.
+///
+/// The rest of the path is a slice of the request's own path and query,
+/// kept by one `Bytes` owner: one allocation, after which every clone of
+/// the URI (the request line that panic reports keep, on both sides of the
+/// boundary) is a reference count. A path built as a `String` costs the
+/// same allocation, plus a second one at its first clone, when `bytes`
+/// moves it into a shared buffer.
 fn strip(request: Request<Body>, prefix: usize) -> Request<Body> {
     let (mut parts, body) = request.into_parts();
-    let rest = &parts.uri.path()[prefix..];
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{rest}?{query}"),
-        None => rest.to_owned(),
-    };
-    // `try_from(String)` takes the buffer over: one allocation per request.
-    // A path that was valid stays valid without its prefix.
-    if let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) {
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.path_and_query = Some(path_and_query);
-        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if let Some(original) = uri.path_and_query.take() {
+        uri.path_and_query = Some(strip_path(original, prefix));
     }
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
     Request::from_parts(parts, body)
+}
+
+/// `original` without its first `prefix` bytes, which `under` matched as
+/// a mount: what is left of the path is empty or starts with `/`.
+fn strip_path(original: PathAndQuery, prefix: usize) -> PathAndQuery {
+    if original.path().len() <= prefix {
+        // The mount itself (`/shop`, `/shop?q`): the path becomes `/`.
+        let rebuilt = match original.query() {
+            Some(query) => format!("/?{query}"),
+            None => "/".to_owned(),
+        };
+        return PathAndQuery::try_from(rebuilt).unwrap_or(original);
+    }
+    let whole = Bytes::from_owner(OwnedPath(original));
+    // A suffix of a valid path and query that starts with `/` is valid
+    // too; should `http` ever disagree, the request keeps its whole path.
+    PathAndQuery::from_maybe_shared(whole.slice(prefix..))
+        .or_else(|_| PathAndQuery::from_maybe_shared(whole))
+        .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+}
+
+/// A request's path and query as the owner of the `Bytes` that
+/// [`strip_path`] slices.
+struct OwnedPath(PathAndQuery);
+
+impl AsRef<[u8]> for OwnedPath {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_str().as_bytes()
+    }
 }
 
 /// A response body holding the snapshot its request ran on until it ends
@@ -624,6 +652,9 @@ impl HttpBody for SnapshotBody {
 
 #[cfg(test)]
 mod tests {
+    use ::axum::body::Body;
+    use ::axum::http::Request;
+
     use super::under;
 
     #[test]
@@ -634,5 +665,19 @@ mod tests {
         assert!(!under("/shopping", "/shop"));
         assert!(!under("/", "/shop"));
         assert!(under("/a/b/c", "/a/b"));
+    }
+
+    #[test]
+    fn stripping_a_mount_keeps_the_rest_and_the_query() {
+        let strip = |uri: &'static str| {
+            let request = Request::get(uri).body(Body::empty()).expect("a valid request");
+            super::strip(request, "/shop".len()).uri().to_string()
+        };
+        assert_eq!(strip("/shop/hello"), "/hello");
+        assert_eq!(strip("/shop/hello?qty=2&x=%20"), "/hello?qty=2&x=%20");
+        assert_eq!(strip("/shop"), "/");
+        assert_eq!(strip("/shop?qty=2"), "/?qty=2");
+        assert_eq!(strip("/shop/"), "/");
+        assert_eq!(strip("http://example.com/shop/a/b?c"), "http://example.com/a/b?c");
     }
 }
