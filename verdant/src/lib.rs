@@ -159,6 +159,7 @@ mod panic_report;
 mod private_dir;
 mod registry;
 mod report;
+mod retained;
 mod runtime_watch;
 mod serialize;
 mod sigpipe;
@@ -182,7 +183,7 @@ pub use panic_report::PanicReport;
 pub use registry::{Builder, Verdant, DEFAULT_ATTACH_TIMEOUT};
 pub use report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 pub use sigpipe::SigpipeStats;
-pub use status::{LastReload, LoadableFailure, LoadableStatus, RetireReason, RetiredStatus, Status};
+pub use status::{LastReload, LoadableFailure, LoadableStatus, RetainedSummary, RetireReason, RetiredStatus, Status};
 pub use version::DetachState;
 
 // What crosses the boundary is defined once, in the crate every library
