@@ -119,6 +119,13 @@ impl Builder {
     /// is held, whatever pid its name shows (a container's pid 1, a process
     /// in another pid namespace).
     ///
+    /// Choose its filesystem deliberately: every retired version keeps its
+    /// loaded segments there for the life of the process
+    /// ([`Status::retained`](crate::Status::retained)). On a tmpfs (a
+    /// common `/tmp`, systemd's `PrivateTmp=`) that is RAM; on a disk
+    /// filesystem (ext4, xfs, btrfs) it is disk, with pages in RAM only
+    /// while read. A service that reloads often should put it on a disk.
+    ///
     /// ```
     /// let builder = verdant::Verdant::builder(()).private_dir("/var/lib/my-service/verdant");
     /// ```
