@@ -125,6 +125,17 @@ fn retired_versions_give_back_their_pages_and_file_space_and_say_what_they_keep(
     let (verdant, _shared, probe) = verdant_tests::attached(&artifact);
     let private_dir = verdant.status().private_dir;
 
+    // A thread that ran v1's code, and exits only after v1 was released:
+    // the thread-local destructors that code registered then run from
+    // pages that were dropped and must fault back in.
+    let (exit, exit_when) = std::sync::mpsc::channel::<()>();
+    let on_thread = probe.clone();
+    let thread = std::thread::spawn(move || {
+        let version = on_thread.get().expect("get v1 on a thread").version();
+        drop(on_thread);
+        let _ = exit_when.recv();
+        version
+    });
     // A version retired while a call holds it: it must keep working.
     let pinned = probe.get().expect("get v1");
     for reload in 1..=RELOADS {
@@ -216,6 +227,10 @@ fn retired_versions_give_back_their_pages_and_file_space_and_say_what_they_keep(
     assert_eq!(sample(&metrics, "verdant_retained_versions"), RELOADS as u64, "{metrics}");
     assert_eq!(sample(&metrics, "verdant_retained_file_bytes"), file_bytes, "{metrics}");
     assert!(sample(&metrics, "verdant_retained_resident_bytes").abs_diff(rss) <= slack, "{metrics}");
+    // (After the measurements: this faults some of v1's pages back in.)
+    exit.send(()).expect("the thread waits");
+    assert_eq!(thread.join().expect("the thread's exit ran v1's destructors"), 1);
+
     // What the loader mapped still reads back as the file's bytes, from
     // pages dropped and faulted in again (last: this makes them resident).
     for (index, copy) in retired.iter().enumerate() {
