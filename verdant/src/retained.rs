@@ -222,7 +222,7 @@ pub(crate) fn release(file: &File, writable: Option<&File>, copy: &Path) -> Rele
         released.punched = punch_unloaded(file, writable, copy);
     }
     for mapping in read_smaps().iter().filter(|m| m.id == Some(id) && m.rss > 0 && m.refaults_from_file()) {
-        let Ok(length) = usize::try_from(mapping.end - mapping.start) else { continue };
+        let Ok(length) = usize::try_from(mapping.end.saturating_sub(mapping.start)) else { continue };
         // SAFETY: the range is a whole mapping of this retired copy, private
         // and read-only, with no anonymous page (checked just above, from
         // smaps): every resident page is the file's page-cache page, and the
