@@ -138,6 +138,39 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<usize, LoadError> {
     }
 }
 
+/// The file byte ranges of the `PT_LOAD` segments of the ELF file that
+/// starts with `head` (which must hold its ELF header and program header
+/// table): what `dlopen` maps from the file, as `(offset, offset + filesz)`.
+/// `None` when `head` is not such a file (a copy is validated before it is
+/// loaded, so this happens only for a head read too short).
+#[allow(clippy::useless_conversion)] // u32 words on 32-bit targets
+pub(crate) fn load_segments(head: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let header = Header::parse(head).ok()?;
+    let endian = header.endian().ok()?;
+    let segments = header.program_headers(endian, head).ok()?;
+    Some(
+        segments
+            .iter()
+            .filter(|segment| segment.p_type(endian) == elf::PT_LOAD)
+            .map(|segment| {
+                let start: u64 = segment.p_offset(endian).into();
+                (start, start.saturating_add(segment.p_filesz(endian).into()))
+            })
+            .collect(),
+    )
+}
+
+/// How many first bytes of a file hold its ELF header and program header
+/// table, by the header at the start of `head`.
+#[allow(clippy::useless_conversion)] // u32 words on 32-bit targets
+pub(crate) fn headers_len(head: &[u8]) -> Option<u64> {
+    let header = Header::parse(head).ok()?;
+    let endian = header.endian().ok()?;
+    let table = u64::from(header.e_phoff(endian))
+        .checked_add(u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian)))?;
+    Some(table.max(std::mem::size_of::<Header>() as u64))
+}
+
 /// A parse error of a table is a truncation when the table would start past
 /// the end of the file; otherwise the file is malformed.
 #[allow(clippy::useless_conversion)] // u32 words on 32-bit targets

@@ -135,8 +135,11 @@
 //!   names the first crate whose build differs ([`docs::embedding`] shows the
 //!   workspace-hack that makes separate builds agree).
 //! - Libraries stay mapped after they are retired (glibc keeps them while
-//!   thread-local destructors are pending); `status()` reports it and the
-//!   bytes they keep.
+//!   thread-local destructors are pending). Once a version is retired for
+//!   good, its read-only pages and its copy's unloaded bytes are given back;
+//!   `status().retained` reports what stays (about 54 KiB of RSS per reload
+//!   of the demo, and its loaded segments on the private directory's
+//!   filesystem).
 //! - SIGPIPE is also raised by broken pipes; only signals sent by another
 //!   process reload, and the signal handler counts them, so that no flood of
 //!   broken pipes can crowd one out.
@@ -159,6 +162,7 @@ mod panic_report;
 mod private_dir;
 mod registry;
 mod report;
+mod retained;
 mod runtime_watch;
 mod serialize;
 mod sigpipe;
@@ -182,7 +186,7 @@ pub use panic_report::PanicReport;
 pub use registry::{Builder, Verdant, DEFAULT_ATTACH_TIMEOUT};
 pub use report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 pub use sigpipe::SigpipeStats;
-pub use status::{LastReload, LoadableFailure, LoadableStatus, RetireReason, RetiredStatus, Status};
+pub use status::{LastReload, LoadableFailure, LoadableStatus, RetainedSummary, RetireReason, RetiredStatus, Status};
 pub use version::DetachState;
 
 // What crosses the boundary is defined once, in the crate every library

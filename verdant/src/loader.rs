@@ -128,7 +128,18 @@ pub(crate) struct PrivateCopy {
     /// A read-only descriptor of the very file that was written: what
     /// [`Stages::open`] opens.
     pub file: File,
+    /// The descriptor it was written through, until the version retires
+    /// and its unloaded bytes are punched out (`retained::release`), or its
+    /// tail was not written yet (see [`write_copy`]).
+    pub writable: Writable,
 }
+
+/// A copy's writable descriptor, shared by the thread that writes its
+/// deferred tail and the version, which takes it when it retires. Whoever
+/// holds the lock owns the file's unloaded part: the tail thread writes it
+/// only if the descriptor is still there, so a version retired before its
+/// tail was written never gets it written after its holes were punched.
+pub(crate) type Writable = Arc<parking_lot::Mutex<Option<File>>>;
 
 /// The real pipeline.
 pub(crate) struct System;
@@ -152,9 +163,9 @@ impl Stages for System {
 
     fn copy(&self, dir: &Path, file_name: &str, bytes: Vec<u8>, loaded: usize) -> Result<PrivateCopy, LoadError> {
         let path = dir.join(file_name);
-        let file = write_copy(&path, bytes, loaded)
+        let (file, writable) = write_copy(&path, bytes, loaded)
             .map_err(|e| LoadError::Copy { copy: path.clone(), source: Arc::new(e) })?;
-        Ok(PrivateCopy { path, file })
+        Ok(PrivateCopy { path, file, writable })
     }
 
     fn validate(&self, bytes: &[u8]) -> Result<usize, LoadError> {
@@ -167,7 +178,7 @@ impl Stages for System {
 }
 
 /// Writes the private copy of `bytes` at `path`; returns a read-only
-/// descriptor of it.
+/// descriptor of it and the writable one it was written through.
 ///
 /// `dlopen` reads the headers and maps the loaded segments, all within the
 /// first `loaded` bytes (`elf::validate`); of a debug build, that is a tenth
@@ -182,23 +193,32 @@ impl Stages for System {
 /// runs. The cost: a backtrace taken in those milliseconds (a panic in the
 /// attach hook, say) finds no file and line for the library's frames.
 /// A tail that cannot be written is logged and cut off (`set_len`), so the
-/// copy stays a valid shared object without debug information.
-fn write_copy(path: &Path, bytes: Vec<u8>, loaded: usize) -> std::io::Result<File> {
+/// copy stays a valid shared object without debug information. A version
+/// that retires before its tail was written takes the writable descriptor
+/// first ([`Writable`]), and the tail is never written.
+fn write_copy(path: &Path, bytes: Vec<u8>, loaded: usize) -> std::io::Result<(File, Writable)> {
     let loaded = loaded.min(bytes.len());
-    if bytes.len() - loaded < DEFERRED_TAIL {
-        return crate::private_dir::write_file(path, &bytes, false).map(|(file, _)| file);
+    let deferred = bytes.len() - loaded >= DEFERRED_TAIL;
+    let first = if deferred { &bytes[..loaded] } else { &bytes[..] };
+    let (file, writable) = crate::private_dir::write_file(path, first, true)?;
+    let writable: Writable = Arc::new(parking_lot::Mutex::new(writable));
+    if !deferred {
+        return Ok((file, writable));
     }
-    let (file, writable) = crate::private_dir::write_file(path, &bytes[..loaded], true)?;
-    let Some(writable) = writable else { return Ok(file) };
     let tail_path = path.to_owned();
+    let tail_writable = writable.clone();
     std::thread::Builder::new().name("verdant-copy-tail".to_owned()).spawn(move || {
         use std::os::unix::fs::FileExt;
+        // Held for the write: the version's retirement waits for it, or
+        // took the descriptor before and nothing is written.
+        let writable = tail_writable.lock();
+        let Some(writable) = writable.as_ref() else { return };
         if let Err(error) = writable.write_all_at(&bytes[loaded..], loaded as u64) {
             tracing::warn!(copy = %tail_path.display(), %error, "cannot write the debug sections of a library copy; backtraces through it will lack them");
             let _ = writable.set_len(loaded as u64);
         }
     })?;
-    Ok(file)
+    Ok((file, writable))
 }
 
 /// What a library's descriptor says about its build.
@@ -215,6 +235,11 @@ pub(crate) struct LoadedLibrary {
     copy: PathBuf,
     /// The copy's descriptor, closed only once the library is unloaded.
     file: ManuallyDrop<File>,
+    /// Its writable descriptor, until it is released on drop.
+    writable: Writable,
+    /// Where a released copy is recorded (`status().retained`); set for
+    /// libraries kept mapped ([`LoadedLibrary::keep_mapped`]).
+    retained: Option<Arc<crate::retained::Retained>>,
     /// What it was loaded by: `/proc/self/fd/<file>`.
     loaded_as: String,
     identity: LibraryIdentity,
@@ -249,6 +274,8 @@ impl LoadedLibrary {
             descriptor: std::ptr::null(),
             copy: copy.path,
             file: ManuallyDrop::new(copy.file),
+            writable: copy.writable,
+            retained: None,
             loaded_as,
             identity: LibraryIdentity { package: String::new(), package_version: String::new() },
             // Until the attach hook runs, no library code has run that could
@@ -367,8 +394,18 @@ impl LoadedLibrary {
     /// Whether dropping the last reference `dlclose`s the library: only for
     /// a library refused before its attach hook ran, whose code never ran
     /// (docs/boundary.md §4 says why an attached one is never unmapped).
+    #[cfg(test)]
     pub(crate) fn set_unmap_on_drop(&mut self, unmap: bool) {
         self.unmap_on_drop = unmap;
+    }
+
+    /// Keeps the library mapped for the life of the process (the attach
+    /// hook is about to run), and, once its last reference is dropped,
+    /// releases what its copy can give back (`retained::release`) and
+    /// records the copy in `retained`.
+    pub(crate) fn keep_mapped(&mut self, retained: Arc<crate::retained::Retained>) {
+        self.unmap_on_drop = false;
+        self.retained = Some(retained);
     }
 
     pub(crate) fn identity(&self) -> &LibraryIdentity {
@@ -385,19 +422,35 @@ impl Drop for LoadedLibrary {
                 tracing::warn!(copy = %self.copy.display(), %error, "cannot delete a retired library copy");
             }
         }
-        if self.unmap_on_drop {
-            // SAFETY: every instance and proxy of this library was dropped
-            // before its last `Arc<LoadedLibrary>` (see `version.rs`), and a
-            // library refused before attach never handed out any value.
-            unsafe { ManuallyDrop::drop(&mut self.library) };
-            if !still_loaded(&self.loaded_as) {
-                // SAFETY: dropped once, here; nothing is loaded by its name
-                // any more, so its number may be reused.
-                unsafe { ManuallyDrop::drop(&mut self.file) };
+        if !self.unmap_on_drop {
+            // Kept mapped for the life of the process (docs/boundary.md §4),
+            // and dropped after its detach hook and tasks, with every instance,
+            // proxy, router and pin: no code of this copy runs again but
+            // thread-local destructors, so what can come back unchanged
+            // from the file is given back. The descriptor is still never
+            // closed: it moves to `retained` (or is forgotten).
+            let writable = self.writable.lock().take();
+            // SAFETY: taken once, here; `file` is not used again.
+            let file = unsafe { ManuallyDrop::take(&mut self.file) };
+            crate::retained::release(&file, writable.as_ref(), &self.copy);
+            match &self.retained {
+                Some(retained) => retained.add(ManuallyDrop::new(file)),
+                None => std::mem::forget(file),
             }
+            return;
         }
-        // Otherwise the library, its name and so its descriptor stay for the
-        // life of the process (see the module docs).
+        // SAFETY: every instance and proxy of this library was dropped
+        // before its last `Arc<LoadedLibrary>` (see `version.rs`), and a
+        // library refused before attach never handed out any value.
+        unsafe { ManuallyDrop::drop(&mut self.library) };
+        if !still_loaded(&self.loaded_as) {
+            // SAFETY: dropped once, here; nothing is loaded by its name
+            // any more, so its number may be reused.
+            unsafe { ManuallyDrop::drop(&mut self.file) };
+        }
+        // Otherwise (glibc keeps it for pending TLS destructors) the
+        // library, its name and so its descriptor stay for the life of the
+        // process (see the module docs).
     }
 }
 

@@ -22,6 +22,9 @@
 //! | `verdant_requests_in_flight{loadable,version,generation}` | gauge | calls and requests still running on a retired version (see [`RetiredStatus::in_flight`](crate::RetiredStatus::in_flight)) |
 //! | `verdant_retired_versions` | gauge | loaded versions that do not serve (replaced, removed, rolled back, or whose attach failed) and are still mapped |
 //! | `verdant_retired_mapped_bytes` | gauge | the address space those libraries still take |
+//! | `verdant_retained_versions` | gauge | versions retired for good (detached, nothing of theirs running) that stay mapped for the life of the process |
+//! | `verdant_retained_resident_bytes` | gauge | the resident memory (RSS) of their mappings |
+//! | `verdant_retained_file_bytes` | gauge | the space their private copies take on the private directory's filesystem (RAM on a tmpfs) |
 //! | `verdant_library_panics_total{loadable}` | counter | library panics the host contained |
 //! | `verdant_sigpipe_ignored_total` | counter | SIGPIPEs this process raised itself (broken pipes), ignored |
 
@@ -152,6 +155,8 @@ pub(crate) struct Gauges {
     pub in_flight: Vec<(String, String, u64, usize)>,
     pub retired_versions: u64,
     pub retired_mapped_bytes: u64,
+    /// What versions retired for good keep (`Status::retained`).
+    pub retained: crate::status::RetainedSummary,
     pub sigpipe_ignored: u64,
 }
 
@@ -194,6 +199,24 @@ impl Collector for Current {
         ConstGauge::new(gauges.retired_mapped_bytes).encode(encoder.encode_descriptor(
             "verdant_retired_mapped_bytes",
             "Address space still mapped by library versions that do not serve.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(gauges.retained.versions).encode(encoder.encode_descriptor(
+            "verdant_retained_versions",
+            "Library versions retired for good (detached, nothing of theirs running) that stay mapped for the life of the process.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(gauges.retained.rss_bytes).encode(encoder.encode_descriptor(
+            "verdant_retained_resident_bytes",
+            "Resident memory (RSS) of the mappings of versions retired for good.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(gauges.retained.file_bytes).encode(encoder.encode_descriptor(
+            "verdant_retained_file_bytes",
+            "Space the private copies of versions retired for good take on the private directory's filesystem (RAM on a tmpfs).",
             None,
             MetricType::Gauge,
         )?)?;

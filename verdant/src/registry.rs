@@ -22,6 +22,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::panic_report::{OnPanic, PanicReport, PanicSink};
 use crate::private_dir::PrivateDir;
 use crate::report::{Outcome, ReloadReport, Trigger};
+use crate::retained::Retained;
 use crate::sigpipe::{self, SigpipeCounters};
 use crate::status::{LastReload, LoadableFailure, LoadableStatus, Mappings, RetireReason, RetiredStatus, Status};
 use crate::transaction::{self, Mode};
@@ -117,6 +118,13 @@ impl Builder {
     /// holds (left by processes that were killed), and never one whose lock
     /// is held, whatever pid its name shows (a container's pid 1, a process
     /// in another pid namespace).
+    ///
+    /// Choose its filesystem deliberately: every retired version keeps its
+    /// loaded segments there for the life of the process
+    /// ([`Status::retained`](crate::Status::retained)). On a tmpfs (a
+    /// common `/tmp`, systemd's `PrivateTmp=`) that is RAM; on a disk
+    /// filesystem (ext4, xfs, btrfs) it is disk, with pages in RAM only
+    /// while read. A service that reloads often should put it on a disk.
     ///
     /// ```
     /// let builder = verdant::Verdant::builder(()).private_dir("/var/lib/my-service/verdant");
@@ -369,6 +377,7 @@ impl Builder {
             explicit_runtime: self.runtime,
             last_runtime: Mutex::new(current_runtime),
             private_dir,
+            retained: Arc::default(),
             stages: self.stages,
             entries: RwLock::new(entries),
             manifest: self.manifest,
@@ -556,6 +565,9 @@ pub(crate) struct Inner {
     /// The runtime `build`, `attach` or `reload` was last called from.
     last_runtime: Mutex<Option<tokio::runtime::Handle>>,
     pub(crate) private_dir: PrivateDir,
+    /// The copies of versions retired for good, still mapped
+    /// (`status().retained`).
+    pub(crate) retained: Arc<Retained>,
     pub(crate) stages: Arc<dyn Stages>,
     entries: RwLock<Vec<Arc<Entry>>>,
     /// `Builder::manifest`: read again by every reload.
@@ -826,6 +838,7 @@ impl Verdant {
             removed.iter().map(|entry| loadable_status(entry, &mappings)).collect()
         };
         Status {
+            retained: self.inner.retained.summary(mappings.all()),
             generation: self.inner.generation.load(Ordering::Acquire),
             revoked: self.inner.revoked.load(Ordering::Acquire),
             strict: self.inner.strict,
@@ -855,6 +868,9 @@ impl Verdant {
     /// | `verdant_requests_in_flight{loadable,version,generation}` | gauge | calls and requests still running on a retired version ([`RetiredStatus::in_flight`]) |
     /// | `verdant_retired_versions` | gauge | loaded versions that do not serve (replaced, removed, rolled back, or whose attach failed) and are still mapped |
     /// | `verdant_retired_mapped_bytes` | gauge | the address space those libraries still take |
+    /// | `verdant_retained_versions` | gauge | versions retired for good (detached, nothing of theirs running) that stay mapped for the life of the process ([`Status::retained`](crate::Status::retained)) |
+    /// | `verdant_retained_resident_bytes` | gauge | the resident memory (RSS) of their mappings |
+    /// | `verdant_retained_file_bytes` | gauge | the space their private copies take on the private directory's filesystem (RAM on a tmpfs) |
     /// | `verdant_library_panics_total{loadable}` | counter | panics in library code that the host contained and saw |
     /// | `verdant_sigpipe_ignored_total` | counter | SIGPIPEs this process raised itself (broken pipes), ignored |
     ///
@@ -1120,6 +1136,7 @@ impl Inner {
             }
         }
         Gauges {
+            retained: self.retained.summary(mappings.all()),
             generation: self.generation.load(Ordering::Acquire),
             in_flight: in_flight
                 .into_iter()

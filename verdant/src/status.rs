@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::attach::{LateAttach, StuckAttach};
 use crate::error::{Error, StepError};
 use crate::report::{ReloadReport, Trigger, VersionInfo};
+use crate::retained::Mapping;
 use crate::sigpipe::SigpipeStats;
 use crate::version::DetachState;
 
@@ -60,10 +61,57 @@ pub struct Status {
     pub late_attaches: Vec<LateAttach>,
     /// SIGPIPE listener counters.
     pub sigpipe: SigpipeStats,
+    /// What the versions retired for good keep, for the life of the process:
+    /// what every reload has cost so far and will go on costing.
+    pub retained: RetainedSummary,
     /// The last attach or reload (a call, a signal), successful or not;
     /// `None` before the first. A manifest that does not validate is a
     /// failed reload too.
     pub last_reload: Option<LastReload>,
+}
+
+/// What a registry's versions retired for good keep, in [`Status::retained`]:
+/// versions whose detach hook ran and whose library nothing uses any more
+/// (no call, request, task or router), which stay mapped for the life of
+/// the process ([`docs::boundary`](crate::docs::boundary) §4).
+///
+/// When a version gets there, Verdant gives back what can come back
+/// unchanged from its private copy: the resident pages of its read-only
+/// mappings (`madvise`), its clean page cache (`posix_fadvise`), and every
+/// byte of the copy outside its loaded segments (holes punched over debug
+/// sections and symbol tables). What is left is measured here, from
+/// `/proc/self/smaps` and `fstat`, each time `status()` or the metrics are
+/// asked for: the anonymous pages of its writable data (what its code
+/// wrote), a few pages faulted back in, and its loaded segments on the
+/// private directory's filesystem (RAM when that is a tmpfs; see
+/// [`Builder::private_dir`](crate::Builder::private_dir)).
+///
+/// ```
+/// # let verdant = verdant::Verdant::builder(()).build()?;
+/// let retained = verdant.status().retained;
+/// if retained.versions > 0 {
+///     println!(
+///         "{} retired versions keep {} KiB resident and {} KiB of files ({} KiB per version)",
+///         retained.versions,
+///         retained.rss_bytes / 1024,
+///         retained.file_bytes / 1024,
+///         (retained.rss_bytes + retained.file_bytes) / retained.versions / 1024
+///     );
+/// }
+/// let json = serde_json::to_value(verdant.status()).unwrap();
+/// assert_eq!(json["retained"]["versions"], 0);
+/// # Ok::<(), verdant::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetainedSummary {
+    /// How many versions retired for good are still mapped.
+    pub versions: u64,
+    /// The resident memory of their mappings: the sum of `Rss` over them in
+    /// `/proc/self/smaps`, in bytes.
+    pub rss_bytes: u64,
+    /// The space their (deleted) private copies take on the private
+    /// directory's filesystem: allocated blocks, in bytes.
+    pub file_bytes: u64,
 }
 
 /// The last transaction of a registry, in [`Status::last_reload`].
@@ -349,6 +397,14 @@ impl fmt::Display for Status {
                 last.summary()
             )?;
         }
+        let retained = &self.retained;
+        writeln!(
+            f,
+            "  retained for ever: {} retired versions, {} KiB resident, {} KiB of files",
+            retained.versions,
+            retained.rss_bytes / 1024,
+            retained.file_bytes / 1024
+        )?;
         writeln!(
             f,
             "  sigpipe: listening {}, {} reloads triggered, {} self-sent ignored",
@@ -357,29 +413,28 @@ impl fmt::Display for Status {
     }
 }
 
-/// The files mapped into this process and the bytes each maps, from
-/// `/proc/self/maps`.
+/// The mappings of this process, from `/proc/self/smaps` (read once per
+/// `status()` or scrape), and the bytes each file maps.
 pub(crate) struct Mappings {
+    all: Vec<Mapping>,
     bytes: HashMap<PathBuf, u64>,
 }
 
 impl Mappings {
     pub(crate) fn read() -> Mappings {
-        let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let all = crate::retained::read_smaps();
         let mut bytes = HashMap::new();
-        for line in text.lines() {
-            // address perms offset dev inode pathname; the path may hold
-            // spaces and ends in " (deleted)" once unlinked.
-            let mut fields = line.splitn(6, char::is_whitespace);
-            let Some((start, end)) = fields.next().and_then(|range| range.split_once('-')) else { continue };
-            let Some(path) = fields.nth(4).map(str::trim_start) else { continue };
-            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-            let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else { continue };
-            if path.starts_with('/') {
-                *bytes.entry(PathBuf::from(path)).or_insert(0) += end.saturating_sub(start);
+        for mapping in &all {
+            if mapping.path.starts_with('/') {
+                *bytes.entry(PathBuf::from(&mapping.path)).or_insert(0) += mapping.end.saturating_sub(mapping.start);
             }
         }
-        Mappings { bytes }
+        Mappings { all, bytes }
+    }
+
+    /// Every mapping.
+    pub(crate) fn all(&self) -> &[Mapping] {
+        &self.all
     }
 
     /// Bytes mapped from `path` (0 when it is not mapped).

@@ -259,8 +259,10 @@ fn load(
     // From the attach hook on, library code runs and may leave what no
     // one can track: the library stays mapped for the life of the process
     // (docs/boundary.md §4, "Why Verdant never unmaps an attached library").
+    // Once retired for good, what its copy can give back is released and
+    // what it keeps is reported (`retained.rs`).
     let mut library = library;
-    library.set_unmap_on_drop(false);
+    library.keep_mapped(inner.retained.clone());
 
     let identity = library.identity().clone();
     let meta = Arc::new(VersionMeta {
