@@ -30,7 +30,8 @@
 //! copy's loaded segments on the private directory's filesystem (RAM on a
 //! tmpfs), the anonymous pages of its writable and RELRO mappings, and one
 //! descriptor. [`Retained::summary`] measures it for `status()` and the
-//! metrics, from `/proc/self/smaps` (read only when asked).
+//! metrics, from `/proc/self/maps` and `/proc/self/pagemap` (read only
+//! when asked, and `pagemap` only for the retired copies' ranges).
 
 use std::fs::File;
 use std::mem::ManuallyDrop;
@@ -69,16 +70,18 @@ impl Retained {
     }
 
     /// How many released versions are still mapped, the resident bytes of
-    /// their mappings (by `mappings`, read from `/proc/self/smaps`), and the
-    /// space their copies hold on the private directory's filesystem.
+    /// their mappings (`mappings`, from `/proc/self/maps`, measured here in
+    /// `/proc/self/pagemap`), and the space their copies hold on the
+    /// private directory's filesystem.
     pub(crate) fn summary(&self, mappings: &[Mapping]) -> RetainedSummary {
         let copies = self.copies.lock();
         let mut summary = RetainedSummary::default();
+        let pagemap = PageMap::open();
         for copy in copies.iter() {
             let mut mapped = false;
             for mapping in mappings.iter().filter(|m| m.id == Some(copy.id)) {
                 mapped = true;
-                summary.rss_bytes += mapping.rss;
+                summary.rss_bytes += pagemap.as_ref().map_or(0, |pagemap| pagemap.measure(mapping).resident);
             }
             if mapped {
                 summary.versions += 1;
@@ -92,7 +95,7 @@ impl Retained {
     }
 }
 
-/// A file as `/proc/self/smaps` names it: device (major, minor) and inode.
+/// A file as `/proc/self/maps` names it: device (major, minor) and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct FileId {
     major: u32,
@@ -107,7 +110,7 @@ impl FileId {
     }
 }
 
-/// One mapping of this process, from `/proc/self/smaps`.
+/// One mapping of this process, from `/proc/self/maps`.
 #[derive(Debug, Clone)]
 pub(crate) struct Mapping {
     pub start: u64,
@@ -119,53 +122,94 @@ pub(crate) struct Mapping {
     /// The file's path as the kernel shows it, without " (deleted)"; empty
     /// for an anonymous mapping.
     pub path: String,
-    /// Resident bytes (`Rss`).
-    pub rss: u64,
-    /// Anonymous bytes (`Anonymous`): pages copied on write, no longer the
-    /// file's.
-    pub anonymous: u64,
 }
 
 impl Mapping {
-    /// Private and neither writable nor holding a page that is not the
-    /// file's: every resident page can be dropped and faulted back in, the
-    /// same bytes, from the file.
-    fn refaults_from_file(&self) -> bool {
-        self.perms[1] != b'w' && self.perms[3] == b'p' && self.anonymous == 0
+    /// Private and not writable: a candidate for dropping its pages, if
+    /// none of them is anonymous ([`Pages::anonymous`]).
+    fn private_read_only(&self) -> bool {
+        self.perms[1] != b'w' && self.perms[3] == b'p'
     }
 }
 
-/// Every mapping of this process, from `/proc/self/smaps` (empty when it
+/// What `/proc/self/pagemap` says about the pages of one mapping.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pages {
+    /// Bytes of its pages in memory (what smaps calls `Rss`).
+    pub resident: u64,
+    /// Bytes of its pages that are no longer the file's (copied on write,
+    /// in memory or swapped out): what smaps calls `Anonymous`.
+    pub anonymous: u64,
+}
+
+/// `/proc/self/pagemap`: one 64-bit entry per virtual page. Read only for
+/// the ranges asked about, which costs a few bytes per page, where
+/// `/proc/self/smaps` walks the page tables of every mapping of the process
+/// (130 ms for one read after 1000 reloads).
+///
+/// Bits used (the kernel's `admin-guide/mm/pagemap`): 63 present, 62
+/// swapped, 61 a file page (or shared anonymous). A process may read its
+/// own flags without privileges (only the frame numbers are hidden).
+struct PageMap {
+    file: File,
+    page: u64,
+}
+
+const PRESENT: u64 = 1 << 63;
+const SWAPPED: u64 = 1 << 62;
+const FILE_PAGE: u64 = 1 << 61;
+
+impl PageMap {
+    fn open() -> Option<PageMap> {
+        match File::open("/proc/self/pagemap") {
+            Ok(file) => Some(PageMap { file, page: page_size() }),
+            Err(error) => {
+                debug_once(&PAGEMAP_REFUSED, "cannot open /proc/self/pagemap", &error);
+                None
+            }
+        }
+    }
+
+    /// The pages of `mapping`; all zero when they cannot be read.
+    fn measure(&self, mapping: &Mapping) -> Pages {
+        let first = mapping.start / self.page;
+        let count = mapping.end.saturating_sub(mapping.start) / self.page;
+        let Ok(count) = usize::try_from(count) else { return Pages::default() };
+        let mut entries = vec![0u8; count * 8];
+        if let Err(error) = self.file.read_exact_at(&mut entries, first * 8) {
+            debug_once(&PAGEMAP_REFUSED, "cannot read /proc/self/pagemap", &error);
+            return Pages::default();
+        }
+        count_pages(&entries, self.page)
+    }
+}
+
+/// Sums pagemap `entries` (8 bytes each, native order) of pages of `page` bytes.
+fn count_pages(entries: &[u8], page: u64) -> Pages {
+    let mut pages = Pages::default();
+    for entry in entries.chunks_exact(8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(entry);
+        let entry = u64::from_ne_bytes(bytes);
+        if entry & PRESENT != 0 {
+            pages.resident += page;
+        }
+        if entry & (PRESENT | SWAPPED) != 0 && entry & FILE_PAGE == 0 {
+            pages.anonymous += page;
+        }
+    }
+    pages
+}
+
+/// Every mapping of this process, from `/proc/self/maps` (empty when it
 /// cannot be read).
 ///
-/// Parsed here rather than with a `/proc` crate: the format is two kinds of
-/// lines and this reads three fields, while the crates that parse all of
+/// Parsed here rather than with a `/proc` crate: the format is one line per
+/// mapping and this reads five fields, while the crates that parse all of
 /// `/proc` (procfs) would bring their own system-call layer into every host.
-pub(crate) fn read_smaps() -> Vec<Mapping> {
-    let text = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    parse_smaps(&text)
-}
-
-fn parse_smaps(text: &str) -> Vec<Mapping> {
-    let mut mappings: Vec<Mapping> = Vec::new();
-    for line in text.lines() {
-        let Some(first) = line.split_ascii_whitespace().next() else { continue };
-        if let Some(key) = first.strip_suffix(':') {
-            // "Rss:   12 kB"; `VmFlags:` and others are not sizes.
-            let Some(mapping) = mappings.last_mut() else { continue };
-            let kib = || line[first.len()..].split_ascii_whitespace().next().and_then(|v| v.parse::<u64>().ok());
-            match key {
-                "Rss" => mapping.rss = kib().unwrap_or(0) * 1024,
-                "Anonymous" => mapping.anonymous = kib().unwrap_or(0) * 1024,
-                _ => {}
-            }
-            continue;
-        }
-        if let Some(mapping) = parse_header(line) {
-            mappings.push(mapping);
-        }
-    }
-    mappings
+pub(crate) fn read_maps() -> Vec<Mapping> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    text.lines().filter_map(parse_header).collect()
 }
 
 /// `start-end perms offset major:minor inode   path`; the path may hold
@@ -190,8 +234,6 @@ fn parse_header(line: &str) -> Option<Mapping> {
         perms,
         id,
         path: path.to_owned(),
-        rss: 0,
-        anonymous: 0,
     })
 }
 
@@ -221,23 +263,30 @@ pub(crate) fn release(file: &File, writable: Option<&File>, copy: &Path) -> Rele
     if let Some(writable) = writable {
         released.punched = punch_unloaded(file, writable, copy);
     }
-    for mapping in read_smaps().iter().filter(|m| m.id == Some(id) && m.rss > 0 && m.refaults_from_file()) {
+    let pagemap = PageMap::open();
+    for mapping in read_maps().iter().filter(|m| m.id == Some(id) && m.private_read_only()) {
+        let Some(pagemap) = &pagemap else { break };
+        let pages = pagemap.measure(mapping);
+        if pages.resident == 0 || pages.anonymous != 0 {
+            continue;
+        }
         let Ok(length) = usize::try_from(mapping.end.saturating_sub(mapping.start)) else { continue };
         // SAFETY: the range is a whole mapping of this retired copy, private
         // and read-only, with no anonymous page (checked just above, from
-        // smaps): every resident page is the file's page-cache page, and the
-        // file still exists (the mapping and the descriptor keep the inode
-        // alive), so dropping the pages changes nothing a reader can see: the
-        // next access faults the same bytes back in. Nothing writes them in
-        // between (not writable; a debugger's breakpoint would be the only
-        // exception). The range stays mapped to this copy: an attached
-        // library is never unmapped, so no other mapping can be there. Code
-        // still running in it (a TLS destructor on an exiting thread) only
-        // takes page faults. MADV_DONTNEED never touches memory outside the
-        // range.
+        // pagemap): every resident page is the file's page-cache page, and
+        // the file still exists (the mapping and the descriptor keep the
+        // inode alive), so dropping the pages changes nothing a reader can
+        // see: the next access faults the same bytes back in. Nothing writes
+        // them in between (not writable; a debugger's breakpoint would be
+        // the only exception, and RELRO, written before it was made
+        // read-only, shows as anonymous). The range stays mapped to this
+        // copy: an attached library is never unmapped, so no other mapping
+        // can be there. Code still running in it (a TLS destructor on an
+        // exiting thread) only takes page faults. MADV_DONTNEED never
+        // touches memory outside the range.
         let result = unsafe { libc::madvise(mapping.start as *mut libc::c_void, length, libc::MADV_DONTNEED) };
         if result == 0 {
-            released.resident += mapping.rss;
+            released.resident += pages.resident;
         } else {
             // EINVAL for a locked mapping (mlockall): it stays resident.
             debug_once(&MADVISE_REFUSED, "madvise(MADV_DONTNEED) refused", &std::io::Error::last_os_error());
@@ -264,6 +313,7 @@ pub(crate) fn release(file: &File, writable: Option<&File>, copy: &Path) -> Rele
 }
 
 static MADVISE_REFUSED: AtomicBool = AtomicBool::new(false);
+static PAGEMAP_REFUSED: AtomicBool = AtomicBool::new(false);
 static FADVISE_REFUSED: AtomicBool = AtomicBool::new(false);
 static PUNCH_REFUSED: AtomicBool = AtomicBool::new(false);
 
@@ -369,28 +419,67 @@ mod tests {
     }
 
     #[test]
-    fn smaps_lines_are_read_with_their_sizes() {
+    fn maps_lines_are_read() {
         let text = "\
 7f00aa000000-7f00aa010000 r-xp 00001000 fd:01 1234                       /tmp/verdant-1-2/shop-3-abc.so (deleted)
-Size:                 64 kB
-Rss:                  12 kB
-Anonymous:             0 kB
-VmFlags: rd ex mr mw me sd
 7f00aa010000-7f00aa012000 rw-p 00000000 00:00 0 
-Rss:                   8 kB
-Anonymous:             8 kB
 ";
-        let mappings = parse_smaps(text);
+        let mappings: Vec<Mapping> = text.lines().filter_map(parse_header).collect();
         assert_eq!(mappings.len(), 2);
         let code = &mappings[0];
         assert_eq!((code.start, code.end), (0x7f00aa000000, 0x7f00aa010000));
         assert_eq!(code.id, Some(FileId { major: 0xfd, minor: 1, inode: 1234 }));
         assert_eq!(code.path, "/tmp/verdant-1-2/shop-3-abc.so");
-        assert_eq!((code.rss, code.anonymous), (12 * 1024, 0));
-        assert!(code.refaults_from_file());
+        assert!(code.private_read_only());
         let bss = &mappings[1];
         assert_eq!(bss.id, None);
-        assert_eq!((bss.rss, bss.anonymous), (8 * 1024, 8 * 1024));
-        assert!(!bss.refaults_from_file());
+        assert!(!bss.private_read_only());
+    }
+
+    #[test]
+    fn pagemap_entries_count_resident_and_anonymous_pages() {
+        let entries: Vec<u8> = [
+            PRESENT | FILE_PAGE, // a file page in memory
+            PRESENT,             // copied on write
+            SWAPPED,             // anonymous, swapped out
+            FILE_PAGE,           // not present
+            0,                   // never touched
+        ]
+        .iter()
+        .flat_map(|entry| entry.to_ne_bytes())
+        .collect();
+        assert_eq!(count_pages(&entries, 4096), Pages { resident: 2 * 4096, anonymous: 2 * 4096 });
+    }
+
+    #[test]
+    fn pagemap_sees_a_written_private_page_as_anonymous() {
+        // A private file mapping of this test's own executable: read, it is
+        // the file's; written (after mprotect), it is a copy.
+        let exe = File::open("/proc/self/exe").expect("the test executable");
+        let page = page_size();
+        let len = usize::try_from(page).expect("a page fits in usize");
+        // SAFETY: a fresh private mapping of one page of an open file, used
+        // and unmapped here only.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                exe.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        let mapping =
+            Mapping { start: at as u64, end: at as u64 + page, perms: *b"rw-p", id: None, path: String::new() };
+        let pagemap = PageMap::open().expect("pagemap");
+        // SAFETY: reads and writes one byte inside the mapping made above.
+        unsafe { std::ptr::read_volatile(at.cast::<u8>()) };
+        assert_eq!(pagemap.measure(&mapping), Pages { resident: page, anonymous: 0 });
+        unsafe { std::ptr::write_volatile(at.cast::<u8>(), 1) };
+        assert_eq!(pagemap.measure(&mapping), Pages { resident: page, anonymous: page });
+        // SAFETY: unmaps the mapping made above; nothing refers to it.
+        unsafe { libc::munmap(at, len) };
     }
 }

@@ -80,7 +80,7 @@ pub struct Status {
 /// mappings (`madvise`), its clean page cache (`posix_fadvise`), and every
 /// byte of the copy outside its loaded segments (holes punched over debug
 /// sections and symbol tables). What is left is measured here, from
-/// `/proc/self/smaps` and `fstat`, each time `status()` or the metrics are
+/// `/proc/self/maps`, `/proc/self/pagemap` and `fstat`, each time `status()` or the metrics are
 /// asked for: the anonymous pages of its writable data (what its code
 /// wrote), a few pages faulted back in, and its loaded segments on the
 /// private directory's filesystem (RAM when that is a tmpfs; see
@@ -106,8 +106,8 @@ pub struct Status {
 pub struct RetainedSummary {
     /// How many versions retired for good are still mapped.
     pub versions: u64,
-    /// The resident memory of their mappings: the sum of `Rss` over them in
-    /// `/proc/self/smaps`, in bytes.
+    /// The resident memory of their mappings (their pages present in
+    /// `/proc/self/pagemap`: what smaps calls `Rss`), in bytes.
     pub rss_bytes: u64,
     /// The space their (deleted) private copies take on the private
     /// directory's filesystem: allocated blocks, in bytes.
@@ -413,7 +413,7 @@ impl fmt::Display for Status {
     }
 }
 
-/// The mappings of this process, from `/proc/self/smaps` (read once per
+/// The mappings of this process, from `/proc/self/maps` (read once per
 /// `status()` or scrape), and the bytes each file maps.
 pub(crate) struct Mappings {
     all: Vec<Mapping>,
@@ -422,7 +422,7 @@ pub(crate) struct Mappings {
 
 impl Mappings {
     pub(crate) fn read() -> Mappings {
-        let all = crate::retained::read_smaps();
+        let all = crate::retained::read_maps();
         let mut bytes = HashMap::new();
         for mapping in &all {
             if mapping.path.starts_with('/') {
