@@ -236,6 +236,7 @@ pub mod __private {
     pub use async_trait::async_trait;
 
     pub use crate::host::deliver::{Deliver, DeliverAsError, DeliverAsPanic};
+    pub use crate::host::hold::HoldUntilEnd;
     pub use crate::host::middleware::panic_text as host_panic_text;
     pub use crate::host::router::{internal_error, plain_response};
     pub use crate::host::tables::{on_runtime_thread, HOST_ALLOCATOR, HOST_LOGGING};

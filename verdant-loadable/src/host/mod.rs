@@ -5,6 +5,7 @@
 //! through the guards of `crate::library`.
 
 pub(crate) mod deliver;
+pub(crate) mod hold;
 pub(crate) mod middleware;
 pub(crate) mod router;
 pub(crate) mod tables;

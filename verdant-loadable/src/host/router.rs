@@ -10,10 +10,9 @@ use std::task::{Context, Poll};
 use ::axum::body::Body;
 use ::axum::http::{Request, Response, StatusCode};
 use ::axum::Router;
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::boundary::BoundaryFuture;
+use crate::host::hold::HoldUntilEnd;
 use crate::interface::{LibraryPin, ProxyContext, VersionPin};
 use crate::library::router::LibraryRouter;
 use crate::site::RequestLine;
@@ -121,7 +120,12 @@ impl Future for InFlight {
             InFlight::Running { future, version, service, line } => match future.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(response)) => {
-                    response.map(|body| Body::new(PinnedBody { body, version: version.take() }))
+                    // The library's body (already guarded library-side) holds
+                    // its version until it ends or is dropped.
+                    response.map(|body| match version.take() {
+                        Some(version) => HoldUntilEnd::wrap(body, version),
+                        None => body,
+                    })
                 }
                 Poll::Ready(Err(panic)) => {
                     // The one report of this panic; the 500 says no more.
@@ -132,44 +136,6 @@ impl Future for InFlight {
             },
         };
         Poll::Ready(Ok(response))
-    }
-}
-
-/// A library's response body (already guarded library-side), holding its
-/// version pinned (and so its library loaded) until the body ends or is
-/// dropped.
-///
-/// Invariant: the library's body is gone before the pin is released. At the
-/// end of the stream `poll_frame` drops it first; a body dropped early goes
-/// first by field order.
-struct PinnedBody {
-    body: Body,
-    version: Option<VersionPin>,
-}
-
-impl HttpBody for PinnedBody {
-    type Data = Bytes;
-    type Error = ::axum::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ::axum::Error>>> {
-        // `Body` is `Unpin`, and so is this type.
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = frame {
-            // The body is finished: drop the library's body (library code),
-            // then let the version retire. `Body::empty()` does not allocate.
-            this.body = Body::empty();
-            this.version = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

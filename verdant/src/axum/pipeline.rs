@@ -44,13 +44,12 @@ use ::axum::http::{Request, Response, StatusCode, Uri};
 use ::axum::Router;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use parking_lot::{Mutex, RwLock};
 use tower::util::Oneshot;
 use verdant_loadable::http::{HttpExtension, Middleware, Next};
 
 use verdant_loadable::__private::{
-    host_panic_text, internal_error, plain_response as text, MountPrefix, PanicHook, RequestLine,
+    host_panic_text, internal_error, plain_response as text, HoldUntilEnd, MountPrefix, PanicHook, RequestLine,
 };
 
 use crate::axum::Served;
@@ -401,7 +400,7 @@ impl tower::Service<Request<Body>> for Pipeline {
         let running = run(snapshot.clone(), 0, request);
         let running: Running = Box::pin(async move {
             let response = running.await;
-            response.map(|body| Body::new(SnapshotBody { body, snapshot: Some(snapshot) }))
+            response.map(|body| HoldUntilEnd::wrap(body, snapshot))
         });
         PipelineFuture { path: Path::Running { running } }
     }
@@ -617,36 +616,6 @@ struct OwnedPath(PathAndQuery);
 impl AsRef<[u8]> for OwnedPath {
     fn as_ref(&self) -> &[u8] {
         self.0.as_str().as_bytes()
-    }
-}
-
-/// A response body holding the snapshot its request ran on until it ends
-/// or is dropped: the versions that made it stay attached.
-struct SnapshotBody {
-    body: Body,
-    snapshot: Option<Arc<Snapshot>>,
-}
-
-impl HttpBody for SnapshotBody {
-    type Data = Bytes;
-    type Error = ::axum::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ::axum::Error>>> {
-        // `Body` is `Unpin`, and so is this type.
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = frame {
-            this.snapshot = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
