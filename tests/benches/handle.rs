@@ -46,8 +46,9 @@ use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fixture_api::edge::{Edge, EdgeContext};
-use fixture_api::{FixtureContext, Gate, Probe};
+use fixture_api::{FixtureContext, Probe};
 use verdant::Verdant;
+use verdant_tests::baseline::LocalProbe;
 
 /// The async baseline: the same boxed-future shape the interface uses,
 /// without a library behind it.
@@ -57,7 +58,7 @@ trait LocalEcho: Send + Sync {
 }
 
 #[verdant_loadable::__private::async_trait]
-impl LocalEcho for Local {
+impl LocalEcho for LocalProbe {
     async fn echo(&self, x: u64) -> u64 {
         x
     }
@@ -69,32 +70,6 @@ fn ready<F: Future>(future: F) -> F::Output {
     match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(value) => value,
         Poll::Pending => unreachable!("the benchmarked futures are ready at once"),
-    }
-}
-
-struct Local;
-
-impl Probe for Local {
-    fn version(&self) -> u32 {
-        1
-    }
-    fn instance(&self) -> u64 {
-        0
-    }
-    fn version_after(&self, _gate: &Gate) -> u32 {
-        1
-    }
-    fn explode(&self, message: &str) -> u32 {
-        panic!("{message}")
-    }
-    fn attached_in_runtime(&self) -> bool {
-        false
-    }
-    fn describe(&self) -> String {
-        "local".to_owned()
-    }
-    fn consume(&self, text: String) -> usize {
-        text.len()
     }
 }
 
@@ -146,9 +121,9 @@ fn on_two_threads(iters: u64, work: impl Fn() + Sync) -> Duration {
 
 fn single_thread(c: &mut Criterion) {
     let (_verdant, handle) = loaded();
-    let local: Arc<dyn Probe> = Arc::new(Local);
-    let swap: ArcSwap<Box<dyn Probe>> = ArcSwap::from_pointee(Box::new(Local));
-    let lock: RwLock<Arc<dyn Probe>> = RwLock::new(Arc::new(Local));
+    let local: Arc<dyn Probe> = Arc::new(LocalProbe);
+    let swap: ArcSwap<Box<dyn Probe>> = ArcSwap::from_pointee(Box::new(LocalProbe));
+    let lock: RwLock<Arc<dyn Probe>> = RwLock::new(Arc::new(LocalProbe));
 
     let mut group = c.benchmark_group("call");
     group.bench_function("arc_dyn", |b| b.iter(|| black_box(&local).version()));
@@ -169,7 +144,7 @@ fn single_thread(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("async");
-    let local_echo: Arc<dyn LocalEcho> = Arc::new(Local);
+    let local_echo: Arc<dyn LocalEcho> = Arc::new(LocalProbe);
     group.bench_function("local_async", |b| b.iter(|| ready(black_box(&local_echo).echo(black_box(7)))));
     group.bench_function("verdant_async", |b| {
         b.iter(|| {
@@ -182,7 +157,7 @@ fn single_thread(c: &mut Criterion) {
 
 fn two_threads(c: &mut Criterion) {
     let (_verdant, handle) = loaded();
-    let shared: Arc<dyn Probe> = Arc::new(Local);
+    let shared: Arc<dyn Probe> = Arc::new(LocalProbe);
 
     let mut group = c.benchmark_group("two_threads");
     group.bench_function("arc_dyn", |b| {

@@ -57,18 +57,20 @@
 //! so the measurement time is short and the number of reloads bounded.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use fixture_api::{Gate, Probe};
+use fixture_api::Probe;
 use verdant::Outcome;
+use verdant_tests::baseline::{hot, watch, LocalProbe};
 use verdant_tests::{attached, fixture, Artifact};
 
 /// hot-lib-reloader's `file_watch_debounce` in this benchmark, in
 /// milliseconds (its default is 500). Must equal the literal in the
-/// `hot_module` attribute below, which takes only a literal.
+/// `hot_module` attribute of `verdant_tests::baseline::hot`, which takes
+/// only a literal.
 const DEBOUNCE_MS: u64 = 5;
 
 /// How long a reload may take before the benchmark gives up: far above any
@@ -76,58 +78,12 @@ const DEBOUNCE_MS: u64 = 5;
 /// of hanging it.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The directory hot-lib-reloader watches (`lib_dir`): set once, before the
-/// first call into [`hot`], which reads it on its first use.
-static HLR_DIR: OnceLock<PathBuf> = OnceLock::new();
-
-fn hlr_dir() -> &'static Path {
-    HLR_DIR.get().expect("the benchmark sets the watched directory before the first call")
-}
-
-/// What `#[hot_module]` generates: a global `LibReloader` for
-/// `<hlr_dir>/libhlr.so`, made on the first call, with a file-watcher
-/// thread and an update thread; a wrapper per declared function.
-#[hot_lib_reloader::hot_module(dylib = "hlr", lib_dir = crate::hlr_dir(), file_watch_debounce = 5)]
-mod hot {
-    #[hot_function]
-    pub fn hlr_version() -> u32 {}
-
-    #[lib_change_subscription]
-    pub fn subscribe() -> hot_lib_reloader::LibReloadObserver {}
-}
-
 /// Replaces `path` with `bytes` atomically: a new file renamed into place,
 /// as a linker does and as `Artifact::install_bytes` does for Verdant.
 fn install(path: &Path, bytes: &[u8]) {
     let staging = path.with_extension("tmp");
     std::fs::write(&staging, bytes).expect("write library");
     std::fs::rename(&staging, path).expect("rename library");
-}
-
-struct Local;
-
-impl Probe for Local {
-    fn version(&self) -> u32 {
-        1
-    }
-    fn instance(&self) -> u64 {
-        0
-    }
-    fn version_after(&self, _gate: &Gate) -> u32 {
-        1
-    }
-    fn explode(&self, message: &str) -> u32 {
-        panic!("{message}")
-    }
-    fn attached_in_runtime(&self) -> bool {
-        false
-    }
-    fn describe(&self) -> String {
-        "local".to_owned()
-    }
-    fn consume(&self, text: String) -> usize {
-        text.len()
-    }
 }
 
 /// Waits for hot-lib-reloader's next reload: returns the time from letting
@@ -156,11 +112,11 @@ fn compare(c: &mut Criterion) {
     let watched = tempfile::tempdir().expect("watched dir");
     let library = watched.path().join("libhlr.so");
     install(&library, &builds[0]);
-    HLR_DIR.set(watched.path().to_owned()).expect("set once");
+    watch(watched.path());
     let observer = hot::subscribe();
     assert_eq!(hot::hlr_version(), 1, "hot-lib-reloader loaded hlr-v1");
 
-    let local: Arc<dyn Probe> = Arc::new(Local);
+    let local: Arc<dyn Probe> = Arc::new(LocalProbe);
     let mut group = c.benchmark_group("hlr_call");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     group.bench_function("arc_dyn", |b| b.iter(|| black_box(&local).version()));

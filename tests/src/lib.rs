@@ -1,6 +1,7 @@
 //! Support for the end-to-end tests: where the built libraries are, and an
 //! artifact path that tests overwrite the way a rebuild does.
 
+pub mod baseline;
 pub mod client;
 pub mod demo_app;
 pub mod events;

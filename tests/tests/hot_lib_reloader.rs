@@ -3,28 +3,11 @@
 //! new build installed over the file. Benchmarks are only compiled by the
 //! test suite, not run; this keeps what the benchmark relies on working.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use verdant::Outcome;
+use verdant_tests::baseline::{hot, watch};
 use verdant_tests::{attached, fixture, Artifact};
-
-/// The directory hot-lib-reloader watches, set before its first call.
-static HLR_DIR: OnceLock<PathBuf> = OnceLock::new();
-
-fn hlr_dir() -> &'static Path {
-    HLR_DIR.get().expect("the test sets the watched directory before the first call")
-}
-
-#[hot_lib_reloader::hot_module(dylib = "hlr", lib_dir = crate::hlr_dir(), file_watch_debounce = 5)]
-mod hot {
-    #[hot_function]
-    pub fn hlr_version() -> u32 {}
-
-    #[lib_change_subscription]
-    pub fn subscribe() -> hot_lib_reloader::LibReloadObserver {}
-}
 
 /// Far above any real reload; a lost file event fails the test instead of
 /// hanging it.
@@ -38,7 +21,7 @@ fn both_reloaders_load_and_follow_the_comparison_fixtures() {
     let watched = tempfile::tempdir().expect("watched dir");
     let library = watched.path().join("libhlr.so");
     std::fs::copy(fixture("hlr-v1"), &library).expect("install hlr-v1");
-    HLR_DIR.set(watched.path().to_owned()).expect("set once");
+    watch(watched.path());
     let observer = hot::subscribe();
     assert_eq!(hot::hlr_version(), 1);
 
