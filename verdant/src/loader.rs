@@ -432,7 +432,8 @@ impl Drop for LoadedLibrary {
             let writable = self.writable.lock().take();
             // SAFETY: taken once, here; `file` is not used again.
             let file = unsafe { ManuallyDrop::take(&mut self.file) };
-            crate::retained::release(&file, writable.as_ref(), &self.copy);
+            // Any address inside the library finds its segments.
+            crate::retained::release(&file, writable.as_ref(), &self.copy, self.descriptor as usize);
             match &self.retained {
                 Some(retained) => retained.add(ManuallyDrop::new(file)),
                 None => std::mem::forget(file),

@@ -81,7 +81,8 @@ impl Retained {
             let mut mapped = false;
             for mapping in mappings.iter().filter(|m| m.id == Some(copy.id)) {
                 mapped = true;
-                summary.rss_bytes += pagemap.as_ref().map_or(0, |pagemap| pagemap.measure(mapping).resident);
+                summary.rss_bytes +=
+                    pagemap.as_ref().map_or(0, |pagemap| pagemap.measure(mapping.start, mapping.end).resident);
             }
             if mapped {
                 summary.versions += 1;
@@ -115,21 +116,11 @@ impl FileId {
 pub(crate) struct Mapping {
     pub start: u64,
     pub end: u64,
-    /// `r`, `w`, `x` and `p` (private) or `s` (shared), as the kernel shows them.
-    pub perms: [u8; 4],
     /// The mapped file; `None` for anonymous mappings (inode 0).
     pub id: Option<FileId>,
     /// The file's path as the kernel shows it, without " (deleted)"; empty
     /// for an anonymous mapping.
     pub path: String,
-}
-
-impl Mapping {
-    /// Private and not writable: a candidate for dropping its pages, if
-    /// none of them is anonymous ([`Pages::anonymous`]).
-    fn private_read_only(&self) -> bool {
-        self.perms[1] != b'w' && self.perms[3] == b'p'
-    }
 }
 
 /// What `/proc/self/pagemap` says about the pages of one mapping.
@@ -170,10 +161,11 @@ impl PageMap {
         }
     }
 
-    /// The pages of `mapping`; all zero when they cannot be read.
-    fn measure(&self, mapping: &Mapping) -> Pages {
-        let first = mapping.start / self.page;
-        let count = mapping.end.saturating_sub(mapping.start) / self.page;
+    /// The pages from `start` to `end` (page-aligned); all zero when they
+    /// cannot be read.
+    fn measure(&self, start: u64, end: u64) -> Pages {
+        let first = start / self.page;
+        let count = end.saturating_sub(start) / self.page;
         let Ok(count) = usize::try_from(count) else { return Pages::default() };
         let mut entries = vec![0u8; count * 8];
         if let Err(error) = self.file.read_exact_at(&mut entries, first * 8) {
@@ -217,7 +209,7 @@ pub(crate) fn read_maps() -> Vec<Mapping> {
 fn parse_header(line: &str) -> Option<Mapping> {
     let mut fields = line.splitn(6, char::is_whitespace);
     let (start, end) = fields.next()?.split_once('-')?;
-    let perms: [u8; 4] = fields.next()?.as_bytes().try_into().ok()?;
+    let _perms = fields.next()?;
     let _offset = fields.next()?;
     let (major, minor) = fields.next()?.split_once(':')?;
     let inode: u64 = fields.next()?.parse().ok()?;
@@ -231,10 +223,75 @@ fn parse_header(line: &str) -> Option<Mapping> {
     Some(Mapping {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
-        perms,
         id,
         path: path.to_owned(),
     })
+}
+
+/// The page ranges of the read-only `PT_LOAD` segments of the `dlopen`ed
+/// object that contains `address`, as the dynamic loader mapped them (its
+/// base address plus each segment's `p_vaddr`, rounded out to whole pages);
+/// empty for an address of no loaded object (and for the main program,
+/// which `dladdr` names by `argv[0]` but the loader by "").
+///
+/// From `dl_iterate_phdr`, which walks the loader's own list of objects
+/// (microseconds, no system call), instead of `/proc/self/maps`, whose
+/// text the kernel formats for every mapping of the process: read once per
+/// retirement, that grew with every retained version and competed with the
+/// next reload for the CPU and the memory map's lock.
+pub(crate) fn read_only_segments(address: usize) -> Vec<(usize, usize)> {
+    struct Search {
+        /// The object's name as the loader keeps it (`l_name`): the same
+        /// pointer `dladdr` and `dl_iterate_phdr` hand out.
+        name: *const libc::c_char,
+        page: usize,
+        found: Vec<(usize, usize)>,
+    }
+
+    /// One loaded object: stop (return 1) once it is the one holding the address.
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: glibc passes a valid `dl_phdr_info` for the duration of
+        // the call, and `data` is the `Search` that `read_only_segments`
+        // lent to `dl_iterate_phdr` for the duration of the walk.
+        let (info, search) = unsafe { (&*info, &mut *data.cast::<Search>()) };
+        // Matched by the name's address, which lives in the loader's own
+        // memory: the program headers of the other objects are not read,
+        // since they lie in their first page, and reading them would fault
+        // that page back into every retired copy released before.
+        if info.dlpi_name != search.name || info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers of
+        // the loaded object, valid while the object is loaded (it is: the
+        // loader holds its lock during the walk).
+        let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+        let base = info.dlpi_addr as usize;
+        let loads = headers.iter().filter(|h| h.p_type == libc::PT_LOAD);
+        for header in loads.filter(|h| h.p_flags & libc::PF_W == 0) {
+            let start = base.wrapping_add(header.p_vaddr as usize);
+            let end = start.wrapping_add(header.p_memsz as usize);
+            search.found.push((start / search.page * search.page, end.div_ceil(search.page) * search.page));
+        }
+        1
+    }
+
+    // SAFETY: `Dl_info` is plain data (pointers and nulls are valid), and
+    // dladdr only writes it; it finds the object by the loader's own record
+    // of each object's address range.
+    let mut object: libc::Dl_info = unsafe { std::mem::zeroed() };
+    if unsafe { libc::dladdr(address as *const libc::c_void, &mut object) } == 0 || object.dli_fname.is_null() {
+        return Vec::new();
+    }
+    let page = usize::try_from(page_size()).unwrap_or(4096);
+    let mut search = Search { name: object.dli_fname, page, found: Vec::new() };
+    // SAFETY: `visit` matches the callback type and only reads what glibc
+    // passes it; `search` outlives the call, which does not keep `data`.
+    unsafe { libc::dl_iterate_phdr(Some(visit), std::ptr::addr_of_mut!(search).cast()) };
+    search.found
 }
 
 /// What [`release`] gave back, for its log line and the tests.
@@ -250,41 +307,33 @@ pub(crate) struct Released {
 /// unchanged (see the module docs): call it once no code of the library can
 /// run except thread-local destructors, with the descriptor it was loaded
 /// through (`file`) and, when still open, the one it was written through
-/// (`writable`: hole punching needs a descriptor open for writing).
-pub(crate) fn release(file: &File, writable: Option<&File>, copy: &Path) -> Released {
+/// (`writable`: hole punching needs a descriptor open for writing), and
+/// any address `inside` the library (its segments are found from it).
+pub(crate) fn release(file: &File, writable: Option<&File>, copy: &Path, inside: usize) -> Released {
     let mut released = Released::default();
-    let id = match file.metadata() {
-        Ok(metadata) => FileId::of(&metadata),
-        Err(error) => {
-            tracing::debug!(copy = %copy.display(), %error, "cannot fstat a retired copy; nothing released");
-            return released;
-        }
-    };
     if let Some(writable) = writable {
         released.punched = punch_unloaded(file, writable, copy);
     }
     let pagemap = PageMap::open();
-    for mapping in read_maps().iter().filter(|m| m.id == Some(id) && m.private_read_only()) {
+    for (start, end) in read_only_segments(inside) {
         let Some(pagemap) = &pagemap else { break };
-        let pages = pagemap.measure(mapping);
+        let pages = pagemap.measure(start as u64, end as u64);
         if pages.resident == 0 || pages.anonymous != 0 {
             continue;
         }
-        let Ok(length) = usize::try_from(mapping.end.saturating_sub(mapping.start)) else { continue };
-        // SAFETY: the range is a whole mapping of this retired copy, private
-        // and read-only, with no anonymous page (checked just above, from
-        // pagemap): every resident page is the file's page-cache page, and
+        // SAFETY: the range is a read-only segment of this retired copy as
+        // the dynamic loader mapped it (private, from the file), whose pages
+        // are all the file's (checked just above, in pagemap: a text
+        // relocation or a debugger's write would show as anonymous), and
         // the file still exists (the mapping and the descriptor keep the
         // inode alive), so dropping the pages changes nothing a reader can
         // see: the next access faults the same bytes back in. Nothing writes
-        // them in between (not writable; a debugger's breakpoint would be
-        // the only exception, and RELRO, written before it was made
-        // read-only, shows as anonymous). The range stays mapped to this
+        // them in between (not writable). The range stays mapped to this
         // copy: an attached library is never unmapped, so no other mapping
         // can be there. Code still running in it (a TLS destructor on an
         // exiting thread) only takes page faults. MADV_DONTNEED never
         // touches memory outside the range.
-        let result = unsafe { libc::madvise(mapping.start as *mut libc::c_void, length, libc::MADV_DONTNEED) };
+        let result = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
         if result == 0 {
             released.resident += pages.resident;
         } else {
@@ -430,10 +479,29 @@ mod tests {
         assert_eq!((code.start, code.end), (0x7f00aa000000, 0x7f00aa010000));
         assert_eq!(code.id, Some(FileId { major: 0xfd, minor: 1, inode: 1234 }));
         assert_eq!(code.path, "/tmp/verdant-1-2/shop-3-abc.so");
-        assert!(code.private_read_only());
         let bss = &mappings[1];
         assert_eq!(bss.id, None);
-        assert!(!bss.private_read_only());
+    }
+
+    #[test]
+    fn the_loaders_read_only_segments_are_read_only_mappings_of_the_object() {
+        // A loaded shared object (libc), found from the address of its code.
+        let code = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize;
+        let segments = read_only_segments(code);
+        assert!(segments.iter().any(|&(start, end)| (start..end).contains(&code)), "{segments:x?}");
+        assert!(segments.iter().all(|&(start, end)| start % 4096 == 0 && end % 4096 == 0 && end > start));
+        // Every page of them is mapped without write permission.
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+            let Some((from, to)) = range.split_once('-') else { continue };
+            let (from, to) = (usize::from_str_radix(from, 16).unwrap(), usize::from_str_radix(to, 16).unwrap());
+            let overlaps = segments.iter().any(|&(start, end)| from < end && start < to);
+            assert!(!overlaps || !perms.contains('w'), "{line} overlaps {segments:x?}");
+        }
+        // An address of no loaded object: nothing.
+        assert!(read_only_segments(8).is_empty());
     }
 
     #[test]
@@ -471,14 +539,13 @@ mod tests {
             )
         };
         assert_ne!(at, libc::MAP_FAILED);
-        let mapping =
-            Mapping { start: at as u64, end: at as u64 + page, perms: *b"rw-p", id: None, path: String::new() };
+        let (start, end) = (at as u64, at as u64 + page);
         let pagemap = PageMap::open().expect("pagemap");
         // SAFETY: reads and writes one byte inside the mapping made above.
         unsafe { std::ptr::read_volatile(at.cast::<u8>()) };
-        assert_eq!(pagemap.measure(&mapping), Pages { resident: page, anonymous: 0 });
+        assert_eq!(pagemap.measure(start, end), Pages { resident: page, anonymous: 0 });
         unsafe { std::ptr::write_volatile(at.cast::<u8>(), 1) };
-        assert_eq!(pagemap.measure(&mapping), Pages { resident: page, anonymous: page });
+        assert_eq!(pagemap.measure(start, end), Pages { resident: page, anonymous: page });
         // SAFETY: unmaps the mapping made above; nothing refers to it.
         unsafe { libc::munmap(at, len) };
     }
