@@ -12,7 +12,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use verdant::Verdant;
+use std::future::Future;
+
+use verdant::{Trigger, Verdant};
 use verdant_tests::{attached, poll_until, Artifact};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -106,13 +108,17 @@ fn kill_self() {
     assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
 }
 
-/// `kill -PIPE <this pid>`, run as another process.
-fn kill_from_another_process() {
-    let status = std::process::Command::new("kill")
+/// `kill -PIPE <this pid>`, run as another process; returns that
+/// process's pid (the signal's sender).
+fn kill_from_another_process() -> u32 {
+    let mut kill = std::process::Command::new("kill")
         .args(["-PIPE", &std::process::id().to_string()])
-        .status()
+        .spawn()
         .expect("run kill(1)");
+    let sender = kill.id();
+    let status = kill.wait().expect("wait for kill(1)");
     assert!(status.success(), "kill -PIPE exited with {status}");
+    sender
 }
 
 /// Whether SIGPIPE is ignored (`SIG_IGN`) in this process, from the
@@ -188,6 +194,49 @@ fn kill_pipe_from_another_process_reloads_once() {
     let status = verdant.status();
     assert_eq!(status.generation, 2, "{status}");
     assert_eq!(shared.attach_count(), 2);
+}
+
+/// A signal that arrives while a reload runs, after a call queued behind
+/// it, is coalesced with the call into one follow-up reload, whose report
+/// names the newest trigger: the signal, with its sender (the systemd
+/// notification uses the same one).
+#[test]
+fn a_coalesced_batch_is_reported_under_its_newest_trigger() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let artifact = Artifact::new("good-v1");
+    let (verdant, shared, probe) = attached(&artifact);
+    listen(&verdant);
+
+    // Reload 1 (to v2) blocks inside v2's attach hook.
+    shared.attach_gate.close();
+    artifact.install("good-v2");
+    let first = {
+        let verdant = verdant.clone();
+        std::thread::spawn(move || verdant.reload_blocking(None))
+    };
+    shared.attach_gate.until_waiting(1);
+    artifact.install("good-v3");
+
+    // A call is queued first, then an operator's signal.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(async {
+        let mut call = Box::pin(verdant.reload(None));
+        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+        // The first poll queues the call; the worker is inside reload 1.
+        assert!(call.as_mut().poll(&mut noop).is_pending(), "the call was answered while reload 1 ran");
+        let sender = kill_from_another_process();
+        poll_until(&verdant, "the listener queued the signal", || verdant.status().sigpipe.reloads_triggered == 1);
+        shared.attach_gate.open();
+        (call.await, sender)
+    });
+    let (report, sender) = (report.0.expect("the follow-up reload"), report.1);
+
+    let first = first.join().unwrap().expect("reload 1");
+    assert_eq!((first.generation, first.trigger, first.coalesced), (2, Trigger::Call, 1), "{first}");
+    assert_eq!(report.generation, 3, "{report}");
+    assert_eq!(report.coalesced, 2, "the call and the signal share one reload\n{report}");
+    assert_eq!(report.trigger, Trigger::Signal { sender: sender as i32 }, "{report}");
+    assert_eq!(probe.get().unwrap().version(), 3);
 }
 
 /// A signal-triggered reload is a transaction per loadable too: one that

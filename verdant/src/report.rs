@@ -254,7 +254,8 @@ pub struct LoadableReport {
 pub struct ReloadReport {
     /// The transaction's generation number (1 for the first attach).
     pub generation: u64,
-    /// What started it.
+    /// What started it: when several triggers were coalesced, the newest
+    /// (the one that arrived last).
     pub trigger: Trigger,
     /// How many triggers this transaction served (coalesced requests).
     pub coalesced: usize,

@@ -124,7 +124,10 @@ pub(crate) fn start_worker(coordinator: Arc<Coordinator>, registry: Weak<Inner>)
                 return;
             };
             let names: BTreeSet<Arc<str>> = batch.iter().flat_map(|r| r.names.iter().cloned()).collect();
-            let trigger = batch[0].trigger;
+            // The report names the newest trigger of the batch (the one
+            // that arrived last, as the systemd notification below does):
+            // the reload serves it, and the ones before it merely waited.
+            let Some(trigger) = batch.last().map(|r| r.trigger) else { continue };
             // A signal in the batch may be systemd's `ReloadSignal`: tell it
             // the reload starts (now, after the signal) and how it ended.
             let signal = batch.iter().rev().find_map(|r| match r.trigger {
