@@ -37,9 +37,9 @@ use parking_lot::Mutex;
 
 use crate::entry::{Entry, Prepared};
 use crate::error::{Error, LoadError, ReloadFailure, Step, StepError};
-use crate::loader::{copy_name, Artifact};
+use crate::loader::{content_hash, copy_name, Artifact};
 use crate::registry::Inner;
-use crate::report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
+use crate::report::{LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 use crate::version::{DetachState, VersionMeta};
 
 /// Whether a transaction (re)loads every target or only attaches those not
@@ -221,7 +221,7 @@ fn load(
         Ok(match inner.stages.read(&entry.path, serving_stamp)? {
             Artifact::Same => None,
             Artifact::Read { stamp, bytes } => {
-                let hash = ContentHash::of(&bytes);
+                let hash = content_hash(&bytes);
                 Some((stamp, bytes, hash))
             }
         })
