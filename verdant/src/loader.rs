@@ -109,9 +109,10 @@ impl FileStamp {
 pub(crate) enum Artifact {
     /// The stamp equals the serving version's: not read.
     Same,
-    /// Another file, or the same one changed: its bytes, and its stamp
-    /// unless it changed too recently to tell the next change by it.
-    Read { stamp: Option<FileStamp>, bytes: Vec<u8> },
+    /// Another file, or the same one changed: its bytes, their hash, and
+    /// its stamp unless it changed too recently to tell the next change by
+    /// it.
+    Read { stamp: Option<FileStamp>, bytes: Vec<u8>, hash: ContentHash },
 }
 
 /// Copies whose unloaded tail (debug sections, symbol tables, section
@@ -146,7 +147,6 @@ pub(crate) struct System;
 
 impl Stages for System {
     fn read(&self, path: &Path, serving: Option<FileStamp>) -> Result<Artifact, LoadError> {
-        use std::io::Read;
         let error = |e| LoadError::Read { source: Arc::new(e) };
         // One descriptor for the stamp and the bytes: both are of one inode.
         let mut file = File::open(path).map_err(error)?;
@@ -154,11 +154,8 @@ impl Stages for System {
         if serving == Some(stamp) {
             return Ok(Artifact::Same);
         }
-        // One byte more than the size, so that the read that finds the end
-        // of the file needs no second allocation (as `std::fs::read`).
-        let mut bytes = Vec::with_capacity(usize::try_from(stamp.size).unwrap_or(0).saturating_add(1));
-        file.read_to_end(&mut bytes).map_err(error)?;
-        Ok(Artifact::Read { stamp: stamp.settled().then_some(stamp), bytes })
+        let (bytes, hash) = read_and_hash(&mut file, usize::try_from(stamp.size).unwrap_or(0)).map_err(error)?;
+        Ok(Artifact::Read { stamp: stamp.settled().then_some(stamp), bytes, hash })
     }
 
     fn copy(&self, dir: &Path, file_name: &str, bytes: Vec<u8>, loaded: usize) -> Result<PrivateCopy, LoadError> {
@@ -254,10 +251,7 @@ const HASH_THREADS: usize = 4;
 /// (a busy machine) leaves its share to the others, and the hash is never
 /// much slower than on one thread.
 pub(crate) fn content_hash(bytes: &[u8]) -> ContentHash {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // Read once: it looks at the cgroup's CPU quota, a few files.
-    let threads =
-        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from).min(HASH_THREADS));
+    let threads = hash_threads();
     if bytes.len() < PARALLEL_HASH_MIN || threads < 2 {
         return ContentHash::of(bytes);
     }
@@ -296,6 +290,121 @@ pub(crate) fn content_hash(bytes: &[u8]) -> ContentHash {
     });
     let root = merge_pieces(bytes.len(), &mut cvs.iter());
     ContentHash(root)
+}
+
+/// Reads `file` (just opened: at its start), which `fstat` said is `size`
+/// bytes long, and hashes it ([`content_hash`]): the bytes and their hash.
+///
+/// A long file is hashed while it is read: the bytes are read into their
+/// final buffer piece by piece ([`tree_pieces`]), and each piece read is
+/// handed to a hashing thread at once, so that reading the next pieces and
+/// hashing the first ones overlap (8.9 MB: reading takes about half as long
+/// as hashing on one core). The reader hashes what is left once it has read
+/// everything. The file is read, not mapped: a file that cargo truncates
+/// while it is mapped raises SIGBUS in whoever reads the mapping, and the
+/// bytes must be the private copy's too. A file whose length changed
+/// meanwhile (a build writing it) is read to its end whatever that is, and
+/// its bytes hashed again, whole: the hash is always that of the bytes
+/// returned, which validation then checks.
+fn read_and_hash(file: &mut File, size: usize) -> std::io::Result<(Vec<u8>, ContentHash)> {
+    use std::io::Read;
+    let threads = hash_threads();
+    if size < PARALLEL_HASH_MIN || threads < 2 {
+        // One byte more than the size, so that the read that finds the end
+        // of the file needs no second allocation (as `std::fs::read`).
+        let mut bytes = Vec::with_capacity(size.saturating_add(1));
+        file.read_to_end(&mut bytes)?;
+        let hash = content_hash(&bytes);
+        return Ok((bytes, hash));
+    }
+    let mut pieces = Vec::new();
+    tree_pieces(size, 0, &mut pieces);
+    // Zeroed pages from the allocator cost nothing until the read writes them.
+    let mut bytes = vec![0u8; size];
+    let mut cvs = vec![[0u8; blake3::OUT_LEN]; pieces.len()];
+    // How much of `bytes` was read, and the first error. The channel (it
+    // borrows `bytes`) ends with this block.
+    let (read, failed) = {
+        let (ready, to_hash) = std::sync::mpsc::channel::<(usize, &[u8])>();
+        // Every thread takes pieces from the one receiver; the lock is held only
+        // to receive. Receiving ends once the reader dropped `ready` and every
+        // piece was taken.
+        let to_hash = parking_lot::Mutex::new(to_hash);
+        std::thread::scope(|scope| {
+            let hash_pieces = || {
+                use blake3::hazmat::HasherExt;
+                let mut done = Vec::new();
+                loop {
+                    let next = to_hash.lock().recv();
+                    let Ok((index, piece)) = next else { return done };
+                    let (offset, _) = pieces[index];
+                    let cv = blake3::Hasher::new().set_input_offset(offset as u64).update(piece).finalize_non_root();
+                    done.push((index, cv));
+                }
+            };
+            let helpers: Vec<_> = (1..threads)
+                .filter_map(|_| {
+                    std::thread::Builder::new().name("verdant-hash".to_owned()).spawn_scoped(scope, hash_pieces).ok()
+                })
+                .collect();
+            let mut rest: &mut [u8] = &mut bytes;
+            let mut read = 0;
+            let mut failed = None;
+            for (index, &(_, len)) in pieces.iter().enumerate() {
+                let (piece, after) = std::mem::take(&mut rest).split_at_mut(len);
+                rest = after;
+                if let Err(error) = file.read_exact(piece) {
+                    failed = Some(error);
+                    break;
+                }
+                read += len;
+                // The receiver lives as long as this scope: sending cannot fail.
+                let _ = ready.send((index, &*piece));
+            }
+            drop(ready);
+            let mut done = hash_pieces();
+            for helper in helpers {
+                // The helpers only hash (no user code): a panic would be a bug
+                // here, and is passed on as it is.
+                done.extend(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            }
+            for (index, cv) in done {
+                cvs[index] = cv;
+            }
+            (read, failed)
+        })
+    };
+    match failed {
+        None => {
+            // The file may have grown since `fstat`.
+            let mut more = Vec::new();
+            file.read_to_end(&mut more)?;
+            if more.is_empty() {
+                let hash = ContentHash(merge_pieces(size, &mut cvs.iter()));
+                return Ok((bytes, hash));
+            }
+            bytes.extend_from_slice(&more);
+        }
+        // Shorter than `fstat` said: the file is what was read of it, and
+        // the rest of the last piece (which `read_exact` left unspecified),
+        // read again from where the whole pieces end.
+        Some(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            use std::io::Seek;
+            bytes.truncate(read);
+            file.seek(std::io::SeekFrom::Start(read as u64))?;
+            file.read_to_end(&mut bytes)?;
+        }
+        Some(error) => return Err(error),
+    }
+    let hash = content_hash(&bytes);
+    Ok((bytes, hash))
+}
+
+/// How many threads hash one long artifact.
+fn hash_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // Read once: it looks at the cgroup's CPU quota, a few files.
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from).min(HASH_THREADS))
 }
 
 /// The subtrees of a BLAKE3 tree over `len` bytes at `offset` that are at
@@ -683,6 +792,23 @@ mod tests {
         for len in lengths {
             let input = &bytes[..len];
             assert_eq!(content_hash(input), ContentHash::of(input), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_file_read_while_hashed_gives_its_bytes_and_their_hash_even_if_its_length_changed() {
+        let len = 3 * HASH_PIECE + 4321;
+        let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(17) ^ (i >> 12)) as u8).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("artifact.so");
+        std::fs::write(&path, &bytes).expect("write the file");
+        // `size` is what `fstat` said; a build that writes the file between
+        // the `fstat` and the read makes it longer or shorter than that.
+        for size in [len, len + HASH_PIECE, len - HASH_PIECE, PARALLEL_HASH_MIN, 0] {
+            let mut file = File::open(&path).expect("open the file");
+            let (read, hash) = read_and_hash(&mut file, size).expect("read and hash");
+            assert!(read == bytes, "size {size}: other bytes");
+            assert_eq!(hash, ContentHash::of(&bytes), "size {size}");
         }
     }
 
