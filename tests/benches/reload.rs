@@ -16,6 +16,8 @@
 //! - `reload_changed`: `reload_blocking` after a new build was installed
 //!   (good-v1 and good-v2 in turn): read, hash, validate, copy, `dlopen`,
 //!   check, attach (the fixture's hook does next to nothing), swap.
+//!   The median time of each step over these reloads is printed after
+//!   the group (`step medians`).
 //! - `reload_unchanged`: `reload_blocking` of the same file, once it last
 //!   changed more than a second ago: what a reload of a loadable that was
 //!   not rebuilt costs (one `fstat`).
@@ -75,6 +77,8 @@ fn reload(c: &mut Criterion) {
     group.bench_function("hash", |b| b.iter(|| ContentHash::of(black_box(&builds[0]))));
 
     let mut next = 1;
+    // Every measured changed reload's step times, for their medians.
+    let mut steps: Vec<(String, Vec<Duration>)> = Vec::new();
     group.bench_function("reload_changed", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -84,6 +88,13 @@ fn reload(c: &mut Criterion) {
                 let report = verdant.reload_blocking(None).expect("reload");
                 total += started.elapsed();
                 assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+                for time in report.loadables.iter().flat_map(|loadable| &loadable.steps) {
+                    let step = time.step.to_string();
+                    match steps.iter_mut().find(|(name, _)| *name == step) {
+                        Some((_, durations)) => durations.push(time.duration),
+                        None => steps.push((step, vec![time.duration])),
+                    }
+                }
                 next = 1 - next;
             }
             total
@@ -106,6 +117,22 @@ fn reload(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The median of each step over the changed reloads (warm-up included):
+    // where a reload goes, less noisy than one report.
+    let medians: Vec<String> = steps
+        .iter_mut()
+        .map(|(step, durations)| {
+            durations.sort();
+            format!("{step} {:.1?}", durations[durations.len() / 2])
+        })
+        .collect();
+    eprintln!(
+        "reload_{} step medians over {} reloads: {}",
+        profile(),
+        steps.first().map_or(0, |(_, d)| d.len()),
+        medians.join(", ")
+    );
 
     // One more changed reload, whose step times are printed for the record.
     artifact.install_bytes(&builds[next]);
