@@ -218,14 +218,17 @@ fn write_copy(path: &Path, bytes: Vec<u8>, loaded: usize) -> std::io::Result<(Fi
     Ok((file, writable))
 }
 
-/// Artifacts at least this long are hashed on more than one thread.
+/// Artifacts at least this long are hashed on more than one thread: debug
+/// builds (9-15 MB), not release ones (about 1 MB).
 ///
-/// Measured on two cores (BLAKE3 with AVX2, best of 30): one thread hashes
-/// 704 KB in 0.18 ms, 2 MiB in 0.54 ms, 8.9 MB in 2.9 ms and 15 MiB in
-/// 5.6 ms; two threads 2 MiB in 0.42 ms, 8.9 MB in 2.2 ms and 15 MiB in
-/// 3.4 ms. Below two pieces there is nothing to share, and starting a thread
-/// (30-50 µs) would cost more than it saves.
-const PARALLEL_HASH_MIN: usize = 2 * HASH_PIECE;
+/// Measured on two cores (BLAKE3 with AVX2, best of 30). With a core to
+/// spare, one thread hashes 2 MiB in 0.54 ms, 4 MiB in 1.15 ms, 8.9 MB in
+/// 2.9 ms and 15 MiB in 5.6 ms; two threads in 0.42, 0.89, 2.2 and 3.4 ms.
+/// With both cores busy (load average 3.7) two threads still won from
+/// 8.9 MB up (2.8 -> 1.9 ms, 5.2 -> 2.9 ms) but lost below (4 MiB: 1.06 ->
+/// 1.18 ms): starting a thread and waiting for a core costs more than the
+/// half of a short hash it takes over.
+const PARALLEL_HASH_MIN: usize = 8 * HASH_PIECE;
 
 /// The size of the subtrees the hashing threads take, one after another: small
 /// enough that two threads end close together, large enough that taking one
@@ -780,7 +783,7 @@ mod tests {
             PARALLEL_HASH_MIN,
             PARALLEL_HASH_MIN + 1,
             PARALLEL_HASH_MIN + HASH_PIECE / 2 + chunk + 7,
-            3 * HASH_PIECE,
+            12 * HASH_PIECE,
             4 * HASH_PIECE + 1,
             8_929_336,
             15 * HASH_PIECE + 12_345,
@@ -797,7 +800,7 @@ mod tests {
 
     #[test]
     fn a_file_read_while_hashed_gives_its_bytes_and_their_hash_even_if_its_length_changed() {
-        let len = 3 * HASH_PIECE + 4321;
+        let len = PARALLEL_HASH_MIN + 3 * HASH_PIECE + 4321;
         let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(17) ^ (i >> 12)) as u8).collect();
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("artifact.so");
