@@ -264,49 +264,49 @@ pub(crate) fn attach<I: Interface + ?Sized>(
     let stuck = env.stuck.clone();
     let thread_hook = panic_hook.clone();
     worker.run(Box::new(move || {
-            let args = AttachArgs {
-                context: Arc::as_ptr(&context).cast::<()>(),
-                runtime,
-                runtime_gone,
-                on_runtime_thread: verdant_loadable::__private::on_runtime_thread,
-                logging: &verdant_loadable::__private::HOST_LOGGING,
-                keep_alive,
-                panic_hook: thread_hook.clone(),
-            };
-            let mut outcome = MaybeUninit::<AttachOutcome<I>>::uninit();
-            // SAFETY: the fingerprints (checked before this step) show that
-            // the library's interface is `I` and its context type is the
-            // registry's, which `context` holds alive for the call; the entry
-            // point initialises `outcome` and never unwinds (it catches
-            // panics inside the library).
-            let outcome = unsafe {
-                (thread_library.descriptor().attach)(&args, outcome.as_mut_ptr().cast());
-                outcome.assume_init()
-            };
-            if let Some(late) = finisher.finish(outcome) {
-                let identity = thread_library.identity();
-                let library = format!("{} {}", identity.package, identity.package_version);
-                let result = match late {
-                    Ok(instance) => {
-                        tracing::warn!(thread = %std::thread::current().name().unwrap_or("?"), "an abandoned attach hook returned late; detaching its instance");
-                        match instance.retire() {
-                            Ok(()) => LateResult::Detached,
-                            Err(panic) => {
-                                thread_hook.report(&panic, "detach (of an attach hook that returned after its time limit)");
-                                LateResult::DetachPanicked(panic.message().to_owned())
-                            }
+        let args = AttachArgs {
+            context: Arc::as_ptr(&context).cast::<()>(),
+            runtime,
+            runtime_gone,
+            on_runtime_thread: verdant_loadable::__private::on_runtime_thread,
+            logging: &verdant_loadable::__private::HOST_LOGGING,
+            keep_alive,
+            panic_hook: thread_hook.clone(),
+        };
+        let mut outcome = MaybeUninit::<AttachOutcome<I>>::uninit();
+        // SAFETY: the fingerprints (checked before this step) show that
+        // the library's interface is `I` and its context type is the
+        // registry's, which `context` holds alive for the call; the entry
+        // point initialises `outcome` and never unwinds (it catches
+        // panics inside the library).
+        let outcome = unsafe {
+            (thread_library.descriptor().attach)(&args, outcome.as_mut_ptr().cast());
+            outcome.assume_init()
+        };
+        if let Some(late) = finisher.finish(outcome) {
+            let identity = thread_library.identity();
+            let library = format!("{} {}", identity.package, identity.package_version);
+            let result = match late {
+                Ok(instance) => {
+                    tracing::warn!(thread = %std::thread::current().name().unwrap_or("?"), "an abandoned attach hook returned late; detaching its instance");
+                    match instance.retire() {
+                        Ok(()) => LateResult::Detached,
+                        Err(panic) => {
+                            thread_hook.report(&panic, "detach (of an attach hook that returned after its time limit)");
+                            LateResult::DetachPanicked(panic.message().to_owned())
                         }
                     }
-                    Err(AttachFailure::Failed(message)) => LateResult::AttachFailed(message),
-                    Err(AttachFailure::Panicked(panic)) => {
-                        thread_hook.report(&panic, "attach (returned after its time limit)");
-                        LateResult::AttachPanicked(panic.message().to_owned())
-                    }
-                };
-                stuck.returned_late(id, library, result);
-            }
-            drop(thread_library);
-        }))?;
+                }
+                Err(AttachFailure::Failed(message)) => LateResult::AttachFailed(message),
+                Err(AttachFailure::Panicked(panic)) => {
+                    thread_hook.report(&panic, "attach (returned after its time limit)");
+                    LateResult::AttachPanicked(panic.message().to_owned())
+                }
+            };
+            stuck.returned_late(id, library, result);
+        }
+        drop(thread_library);
+    }))?;
 
     // The stuck-list entry is pushed before the thread can see `Abandoned`,
     // so its removal by a late thread always finds it.
