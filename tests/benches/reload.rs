@@ -16,9 +16,16 @@
 //! - `reload_changed`: `reload_blocking` after a new build was installed
 //!   (good-v1 and good-v2 in turn): read, hash, validate, copy, `dlopen`,
 //!   check, attach (the fixture's hook does next to nothing), swap.
+//!   The median time of each step over these reloads is printed after
+//!   the group (`step medians`).
 //! - `reload_unchanged`: `reload_blocking` of the same file, once it last
 //!   changed more than a second ago: what a reload of a loadable that was
 //!   not rebuilt costs (one `fstat`).
+//!
+//! The group `reload_<profile>_15mb` measures `io_floor` and
+//! `reload_changed` again with both builds padded to 15 MiB (bytes appended
+//! after the section headers, as longer debug sections would be): the cost
+//! of reading, hashing and copying a 15 MB debug library.
 //!
 //! Every changed reload keeps its copy mapped for the life of the process
 //! (docs/boundary.md §4), so the measurement time is short and the number
@@ -41,14 +48,35 @@ fn profile() -> &'static str {
     }
 }
 
+/// How long the padded builds of `reload_<profile>_15mb` are: the size of a
+/// larger library's debug build.
+const PADDED: usize = 15 << 20;
+
 fn reload(c: &mut Criterion) {
     let builds = [std::fs::read(fixture("good-v1")).expect("v1"), std::fs::read(fixture("good-v2")).expect("v2")];
+    measure(c, &format!("reload_{}", profile()), &builds, true);
+    // The same builds with bytes appended up to 15 MiB, as if their debug
+    // sections were that much longer (nothing reads past an ELF file's
+    // section headers): what reading, hashing and copying a 15 MB debug
+    // library costs. Its loaded part, and so `dlopen`, stay the fixture's.
+    let padded = builds.map(|mut build| {
+        let pad = PADDED.saturating_sub(build.len());
+        build.extend((0..pad).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        build
+    });
+    measure(c, &format!("reload_{}_15mb", profile()), &padded, false);
+}
+
+/// The group `name`: `io_floor` and `reload_changed` of `builds` (installed
+/// in turn), and with `all`, `hash` and `reload_unchanged` too.
+fn measure(c: &mut Criterion, name: &str, builds: &[Vec<u8>; 2], all: bool) {
     let artifact = Artifact::new("good-v1");
+    artifact.install_bytes(&builds[0]);
     let (verdant, _shared, probe) = attached(&artifact);
     let scratch = tempfile::tempdir().expect("scratch dir");
-    eprintln!("reload_{}: fixture good-v1, {} bytes", profile(), builds[0].len());
+    eprintln!("{name}: fixture good-v1, {} bytes", builds[0].len());
 
-    let mut group = c.benchmark_group(format!("reload_{}", profile()));
+    let mut group = c.benchmark_group(name);
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
@@ -72,9 +100,13 @@ fn reload(c: &mut Criterion) {
         })
     });
 
-    group.bench_function("hash", |b| b.iter(|| ContentHash::of(black_box(&builds[0]))));
+    if all {
+        group.bench_function("hash", |b| b.iter(|| ContentHash::of(black_box(&builds[0]))));
+    }
 
     let mut next = 1;
+    // Every measured changed reload's step times, for their medians.
+    let mut steps: Vec<(String, Vec<Duration>)> = Vec::new();
     group.bench_function("reload_changed", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -84,6 +116,13 @@ fn reload(c: &mut Criterion) {
                 let report = verdant.reload_blocking(None).expect("reload");
                 total += started.elapsed();
                 assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+                for time in report.loadables.iter().flat_map(|loadable| &loadable.steps) {
+                    let step = time.step.to_string();
+                    match steps.iter_mut().find(|(name, _)| *name == step) {
+                        Some((_, durations)) => durations.push(time.duration),
+                        None => steps.push((step, vec![time.duration])),
+                    }
+                }
                 next = 1 - next;
             }
             total
@@ -96,16 +135,29 @@ fn reload(c: &mut Criterion) {
     // the unchanged reload is measured once the last install has settled
     // and one reload has recorded its stamp: what a reload of a loadable
     // that was not rebuilt costs.
-    std::thread::sleep(Duration::from_millis(2100));
-    verdant.reload_blocking(None).expect("reload");
-    group.bench_function("reload_unchanged", |b| {
-        b.iter(|| {
-            let report = verdant.reload_blocking(None).expect("reload");
-            assert!(matches!(report.outcome("probe"), Some(Outcome::Unchanged { .. })), "{report}");
-            report
-        })
-    });
+    if all {
+        std::thread::sleep(Duration::from_millis(2100));
+        verdant.reload_blocking(None).expect("reload");
+        group.bench_function("reload_unchanged", |b| {
+            b.iter(|| {
+                let report = verdant.reload_blocking(None).expect("reload");
+                assert!(matches!(report.outcome("probe"), Some(Outcome::Unchanged { .. })), "{report}");
+                report
+            })
+        });
+    }
     group.finish();
+
+    // The median of each step over the changed reloads (warm-up included):
+    // where a reload goes, less noisy than one report.
+    let medians: Vec<String> = steps
+        .iter_mut()
+        .map(|(step, durations)| {
+            durations.sort();
+            format!("{step} {:.1?}", durations[durations.len() / 2])
+        })
+        .collect();
+    eprintln!("{name} step medians over {} reloads: {}", steps.first().map_or(0, |(_, d)| d.len()), medians.join(", "));
 
     // One more changed reload, whose step times are printed for the record.
     artifact.install_bytes(&builds[next]);

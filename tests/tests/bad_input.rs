@@ -491,3 +491,28 @@ fn a_library_whose_constructor_keeps_allocations_is_refused_before_attach() {
     assert_eq!(s.shared.attach_count(), 1);
     assert!(eventually(|| s.private_copies().len() == 1), "{:?}", s.private_copies());
 }
+
+#[test]
+fn a_hung_attach_thread_is_never_given_the_next_attach() {
+    let s = serving_v1(|b| b.attach_timeout(Duration::from_millis(300)));
+    // good-v2's attach hook waits at the gate until it opens.
+    s.shared.attach_gate.close();
+    s.artifact.install("good-v2");
+    let timed_out_on = |s: &Serving| match s.refused_at(Step::Attach).0.kind {
+        LoadError::AttachTimedOut { thread, .. } => thread,
+        other => panic!("expected AttachTimedOut, got {other:?}"),
+    };
+    let first = timed_out_on(&s);
+    // Attach threads are reused once their hook returned; this one still
+    // hangs, so the next attach runs on another thread instead of queueing
+    // behind it (it would then time out on the first one's name).
+    let second = timed_out_on(&s);
+    assert_ne!(first, second, "the second attach waited behind the hung hook");
+    assert_eq!(s.verdant.status().stuck_attaches.len(), 2);
+
+    s.shared.attach_gate.open();
+    assert!(eventually(|| s.verdant.status().stuck_attaches.is_empty()), "{}", s.verdant.status());
+    let report = s.verdant.reload_blocking(Some("probe")).expect("good-v2 attaches in time");
+    assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+    assert_eq!(s.probe.get().unwrap().version(), 2);
+}

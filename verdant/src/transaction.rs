@@ -39,7 +39,7 @@ use crate::entry::{Entry, Prepared};
 use crate::error::{Error, LoadError, ReloadFailure, Step, StepError};
 use crate::loader::{copy_name, Artifact};
 use crate::registry::Inner;
-use crate::report::{ContentHash, LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
+use crate::report::{LoadableReport, Outcome, ReloadReport, StepTime, Trigger, VersionInfo};
 use crate::version::{DetachState, VersionMeta};
 
 /// Whether a transaction (re)loads every target or only attaches those not
@@ -220,10 +220,7 @@ fn load(
     let read = timed(entry, steps, Step::Read, || {
         Ok(match inner.stages.read(&entry.path, serving_stamp)? {
             Artifact::Same => None,
-            Artifact::Read { stamp, bytes } => {
-                let hash = ContentHash::of(&bytes);
-                Some((stamp, bytes, hash))
-            }
+            Artifact::Read { stamp, bytes, hash } => Some((stamp, bytes, hash)),
         })
     })?;
     let Some((stamp, bytes, hash)) = read else {
