@@ -194,6 +194,7 @@ pub mod boundary {
 /// code is the library's), or return a router nested inside another type
 /// (`Option<Router>`: the macro refuses it, since it would cross unguarded).
 pub mod router {
+    pub use crate::host::router::{capture_library_routes, LibraryRoutes, RoutesFuture};
     pub use crate::library::router::LibraryRouter;
 }
 
