@@ -187,7 +187,12 @@ pub mod boundary {
 /// a plain 500 (or, in the middle of a body, an aborted response) and the
 /// service keeps running. The host gets back an ordinary `axum::Router`
 /// ([`LibraryRouter::into_router`](router::LibraryRouter::into_router), in
-/// `host/router.rs`), built once per version.
+/// `host/router.rs`), built once per version. Along with it the proxy
+/// [offers](router::LibraryRoutes::offer) the service inside that router
+/// ([`LibraryRoutes`](router::LibraryRoutes)) to a host that
+/// [captures](router::capture_library_routes) it, so that
+/// `verdant::axum::Pipeline::library_routes` calls the library without
+/// routing each request a second time.
 ///
 /// What a library router must not do: put values into *response*
 /// extensions for the host (they are dropped library-side, because their
