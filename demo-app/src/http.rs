@@ -25,7 +25,9 @@ use verdant::Verdant;
 /// library router answers 404 for paths it does not know.
 pub fn router(verdant: &Verdant) -> Router {
     let pipeline = verdant::axum::pipeline(verdant)
-        .routes::<dyn Shop>(|shop| shop.router())
+        // The shop's router as it comes from the library: the pipeline calls
+        // it without routing the request a second time.
+        .library_routes::<dyn Shop>(|shop| shop.router())
         .fallback(Router::new().fallback(not_found));
     app(verdant.clone(), Router::new().fallback_service(pipeline))
 }

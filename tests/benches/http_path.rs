@@ -10,7 +10,10 @@
 //! - `static_router`: the shop's router nested at `/shop`, behind the
 //!   demo's host layer (a `map_response` stamp).
 //! - `verdant_pipeline`: `verdant::axum::pipeline` with the shop mounted at
-//!   `/shop`, behind the same layer: what the demo serves.
+//!   `/shop` (`library_routes`: the library's router called directly),
+//!   behind the same layer: what the demo serves.
+//! - `verdant_pipeline_routes`: the same through `Pipeline::routes`, the
+//!   general path (the library's router routed again as an `axum::Router`).
 //! - `verdant_mount`: `verdant::axum::mount`, the older per-loadable way.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -96,17 +99,23 @@ fn http_path(c: &mut Criterion) {
         .build()
         .expect("a registry");
     verdant.attach().expect("attach the shop library");
-    let pipeline = verdant::axum::pipeline(&verdant).routes::<dyn Shop>(|shop| shop.router());
+    let pipeline = verdant::axum::pipeline(&verdant).library_routes::<dyn Shop>(|shop| shop.router());
     let pipeline_app = Router::new().fallback_service(pipeline).layer(axum::middleware::map_response(stamp));
+    let routes = verdant::axum::pipeline(&verdant).routes::<dyn Shop>(|shop| shop.router());
+    let routes_app = Router::new().fallback_service(routes).layer(axum::middleware::map_response(stamp));
     let handle = verdant.handle::<dyn Shop>("shop").expect("a handle");
     let mount_app =
         verdant::axum::mount(handle, |shop| shop.router()).expect("mount").layer(axum::middleware::map_response(stamp));
 
     let expected = runtime.block_on(serve(&static_app));
     assert_eq!(runtime.block_on(serve(&pipeline_app)), expected, "the same answer both ways");
-    for (name, app) in
-        [("static_router", &static_app), ("verdant_pipeline", &pipeline_app), ("verdant_mount", &mount_app)]
-    {
+    assert_eq!(runtime.block_on(serve(&routes_app)), expected, "the same answer through Pipeline::routes");
+    for (name, app) in [
+        ("static_router", &static_app),
+        ("verdant_pipeline", &pipeline_app),
+        ("verdant_pipeline_routes", &routes_app),
+        ("verdant_mount", &mount_app),
+    ] {
         let app = app.clone();
         let per_request = runtime
             .block_on(tokio::spawn(async move {
@@ -126,9 +135,12 @@ fn http_path(c: &mut Criterion) {
     // would enter it per call outside a task).
     let mut group = c.benchmark_group("http_path");
     group.measurement_time(Duration::from_secs(4));
-    for (name, app) in
-        [("static_router", &static_app), ("verdant_pipeline", &pipeline_app), ("verdant_mount", &mount_app)]
-    {
+    for (name, app) in [
+        ("static_router", &static_app),
+        ("verdant_pipeline", &pipeline_app),
+        ("verdant_pipeline_routes", &routes_app),
+        ("verdant_mount", &mount_app),
+    ] {
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
                 let app = app.clone();

@@ -174,8 +174,8 @@ fn a_shared_object_without_descriptor_is_refused_before_dlopen() {
     let libc = system_library();
     s.artifact.install_bytes(&std::fs::read(&libc).expect("read libc"));
     let (error, message) = s.refused_at(Step::Validate);
-    assert!(matches!(error.kind, LoadError::NotVerdant { symbol: "__verdant_descriptor_v2" }), "{:?}", error.kind);
-    assert!(message.contains("__verdant_descriptor_v2"), "{message}");
+    assert!(matches!(error.kind, LoadError::NotVerdant { symbol: "__verdant_descriptor_v3" }), "{:?}", error.kind);
+    assert!(message.contains("__verdant_descriptor_v3"), "{message}");
     // Refused before any copy was written or opened: only Read and Validate
     // ran, and the private directory holds only good-v1's copy.
     assert_eq!(s.steps_of_last_failure(), [Step::Read, Step::Validate]);
@@ -338,12 +338,12 @@ fn an_elf_executable_is_refused() {
 #[test]
 fn a_descriptor_of_another_abi_is_refused_before_dlopen() {
     let s = serving_v1(|b| b);
-    s.artifact.install_bytes(&patched("good-v2", b"__verdant_descriptor_v2", b"__verdant_descriptor_v9"));
+    s.artifact.install_bytes(&patched("good-v2", b"__verdant_descriptor_v3", b"__verdant_descriptor_v9"));
     let (error, message) = s.refused_at(Step::Validate);
     match &error.kind {
         LoadError::DescriptorMismatch { found, expected } => {
             assert_eq!(found, &["__verdant_descriptor_v9"]);
-            assert_eq!(*expected, "__verdant_descriptor_v2");
+            assert_eq!(*expected, "__verdant_descriptor_v3");
         }
         other => panic!("expected DescriptorMismatch, got {other:?}"),
     }

@@ -395,3 +395,50 @@ async fn a_manifest_entry_sets_the_path_of_a_typed_loadable() -> TestResult {
     assert_eq!((version.body.as_str(), version.header("x-trail")), ("edge 1", Some("a")));
     Ok(())
 }
+
+/// `Pipeline::library_routes` serves the library router a closure returns
+/// unchanged, with the extensions' middleware in front, and refuses (503,
+/// with the reason) a closure that built a router of its own or merged
+/// several library routers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_routes_serves_the_library_router_and_refuses_anything_else() -> TestResult {
+    use fixture_api::edge::{Edge, EdgeContext};
+    let dir = tempfile::tempdir()?;
+    let manifest = dir.path().join("verdant.toml");
+    let edge = Listed::mounted("edge", &fixture("edge-v1"));
+    write_manifest(&manifest, &[edge, Listed::mounted("a", &fixture("ext-v1"))]);
+    let verdant = Verdant::builder(EdgeContext::default())
+        .add::<dyn Edge>("edge", "/nonexistent/set/by/the/manifest.so")
+        .manifest(&manifest)
+        .build()?;
+    let report = verdant.attach()?;
+    assert!(report.is_success(), "{report}");
+
+    let direct = verdant::axum::pipeline(&verdant).library_routes::<dyn Edge>(|edge| edge.router());
+    let addr = client::serve(axum::Router::new().fallback_service(direct)).await;
+    let version = client::get(addr, "/edge/version", &[]).await;
+    assert_eq!((version.body.as_str(), version.header("x-trail")), ("edge 1", Some("a")));
+    assert_eq!(client::get(addr, "/edge", &[]).await.status, StatusCode::NOT_FOUND, "the library's own 404");
+    assert_eq!(client::get(addr, "/edge/panic", &[]).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(client::get(addr, "/edge/version", &[]).await.body, "edge 1", "still serving after a panic");
+
+    // A router of the host's own: no library router was returned.
+    let own = verdant::axum::pipeline(&verdant)
+        .library_routes::<dyn Edge>(|_| axum::Router::new().route("/version", get(|| async { "host" })));
+    let addr = client::serve(axum::Router::new().fallback_service(own)).await;
+    let refused = client::get(addr, "/edge/version", &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused:?}");
+    assert!(
+        refused.body.contains("called 0 router methods") && refused.body.contains("Pipeline::routes"),
+        "{refused:?}"
+    );
+
+    // Two library routers merged: which one to serve is not known.
+    let merged = verdant::axum::pipeline(&verdant)
+        .library_routes::<dyn Edge>(|edge| edge.router().nest_service("/again", edge.router()));
+    let addr = client::serve(axum::Router::new().fallback_service(merged)).await;
+    let refused = client::get(addr, "/edge/version", &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused:?}");
+    assert!(refused.body.contains("called 2 router methods"), "{refused:?}");
+    Ok(())
+}

@@ -121,21 +121,60 @@ async fn an_async_method_panic_is_reported_once() {
     assert_edge_report(&reports.take_one("fail_later"), "fail_later", "sold out later");
 }
 
+/// The ways a host serves a library router over HTTP, each of which must
+/// report a library panic once, naming the request as the client sent it
+/// (mount included).
+#[derive(Debug, Clone, Copy)]
+enum Serving {
+    /// `verdant::axum::mount`: the mount travels in the request's extensions.
+    Mount,
+    /// `Pipeline::routes`: the library router routed again by axum.
+    PipelineRoutes,
+    /// `Pipeline::library_routes`: the library router's service called
+    /// directly, the mount stored in it.
+    PipelineLibraryRoutes,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_panics_are_reported_once_with_the_request() {
+    for serving in [Serving::Mount, Serving::PipelineRoutes, Serving::PipelineLibraryRoutes] {
+        http_panics_are_reported_once_through(serving).await;
+    }
+}
+
+async fn http_panics_are_reported_once_through(serving: Serving) {
     let artifact = Artifact::new("edge-v1");
-    let (_verdant, edge, reports) = edge(&artifact);
-    let app = verdant::axum::mount(edge.clone(), |edge| edge.router()).expect("mount");
+    let reports = Reports::default();
+    let verdant = Verdant::builder(EdgeContext::default())
+        .on_panic(reports.callback())
+        .add::<dyn Edge>("edge", artifact.path())
+        .mount("edge", "/edge")
+        .build()
+        .expect("build");
+    verdant.attach().expect("attach edge-v1");
+    let edge = verdant.handle::<dyn Edge>("edge").expect("handle");
+    let app = match serving {
+        Serving::Mount => verdant::axum::mount(edge.clone(), |edge| edge.router()).expect("mount"),
+        Serving::PipelineRoutes => axum::Router::new()
+            .fallback_service(verdant::axum::pipeline(&verdant).routes::<dyn Edge>(|edge| edge.router())),
+        Serving::PipelineLibraryRoutes => axum::Router::new()
+            .fallback_service(verdant::axum::pipeline(&verdant).library_routes::<dyn Edge>(|edge| edge.router())),
+    };
     let addr = serve(app).await;
 
     // A handler: 500, one report naming the request the client sent.
     let answer = get(addr, "/edge/panic", &[]).await;
-    assert_eq!(answer.status, 500, "{answer:?}");
+    assert_eq!(answer.status, 500, "{serving:?}: {answer:?}");
     assert_edge_report(
         &reports.take_one("GET /edge/panic"),
         "GET /edge/panic",
         "the edge handler panicked, as designed",
     );
+    // A handler that panics after a timer: in a later poll of the future.
+    let answer = get(addr, "/edge/panic-later", &[]).await;
+    assert_eq!(answer.status, 500, "{serving:?}: {answer:?}");
+    let report = reports.take_one("GET /edge/panic-later");
+    assert_eq!(report.site, "GET /edge/panic-later", "{serving:?}: {report:#?}");
 
     // A streaming body that panics after two chunks: the response is
     // aborted (hyper may not even have sent the head), the panic reported
@@ -150,7 +189,7 @@ async fn http_panics_are_reported_once_with_the_request() {
     assert!(!answer.ends_with("0\r\n\r\n"), "the body must not end cleanly after a panic: {answer}");
     assert!(eventually(|| !reports.all().is_empty()), "the body's panic was reported");
     let report = reports.take_one("the body");
-    assert!(report.site.starts_with("response body of GET /edge/stream"), "{report:#?}");
+    assert!(report.site.starts_with("response body of GET /edge/stream"), "{serving:?}: {report:#?}");
     assert_eq!(report.message, "the edge body panicked after 2 chunks, as designed", "{report:#?}");
     assert!(report.location.as_deref().is_some_and(|at| at.contains("edge.rs:")), "{report:#?}");
 

@@ -30,6 +30,8 @@ fn retired(verdant: &Verdant, name: &str) -> Vec<(usize, DetachState)> {
 enum Serving {
     Mount,
     Pipeline,
+    /// The pipeline calling the library router's service directly.
+    PipelineLibraryRoutes,
 }
 
 /// One streaming request through `verdant::axum::mount` or the pipeline is
@@ -38,7 +40,7 @@ enum Serving {
 /// detaches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_streaming_request_is_one_in_flight() -> TestResult {
-    for serving in [Serving::Mount, Serving::Pipeline] {
+    for serving in [Serving::Mount, Serving::Pipeline, Serving::PipelineLibraryRoutes] {
         let artifact = Artifact::new("edge-v1");
         let verdant = Verdant::builder(EdgeContext::default())
             .add::<dyn Edge>("edge", artifact.path())
@@ -49,6 +51,8 @@ async fn one_streaming_request_is_one_in_flight() -> TestResult {
             Serving::Mount => verdant::axum::mount(verdant.handle::<dyn Edge>("edge")?, |edge| edge.router())?,
             Serving::Pipeline => axum::Router::new()
                 .fallback_service(verdant::axum::pipeline(&verdant).routes::<dyn Edge>(|edge| edge.router())),
+            Serving::PipelineLibraryRoutes => axum::Router::new()
+                .fallback_service(verdant::axum::pipeline(&verdant).library_routes::<dyn Edge>(|edge| edge.router())),
         };
         let addr = client::serve(app).await;
 

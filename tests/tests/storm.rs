@@ -31,7 +31,9 @@ async fn requests_and_streams_survive_a_reload_storm() -> TestResult {
         .build()?;
     let report = verdant.attach()?;
     assert!(report.is_success(), "{report}");
-    let pipeline = verdant::axum::pipeline(&verdant).routes::<dyn Edge>(|edge| edge.router());
+    // The direct path (what the demo serves): the library router's service
+    // called without routing again; `Pipeline::routes` shares the rest.
+    let pipeline = verdant::axum::pipeline(&verdant).library_routes::<dyn Edge>(|edge| edge.router());
     let addr = client::serve(axum::Router::new().fallback_service(pipeline)).await;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -21,7 +21,7 @@ use crate::interface::Interface;
 /// The symbol name of the descriptor. It carries the descriptor ABI version,
 /// so a library built for another ABI shows up by name in the dynamic symbol
 /// table without being opened.
-pub const SYMBOL: &str = "__verdant_descriptor_v2";
+pub const SYMBOL: &str = "__verdant_descriptor_v3";
 
 /// What every descriptor symbol name starts with.
 pub const SYMBOL_PREFIX: &str = "__verdant_descriptor_";
@@ -29,9 +29,11 @@ pub const SYMBOL_PREFIX: &str = "__verdant_descriptor_";
 /// The descriptor ABI this build of verdant reads and writes. Bumped (with
 /// [`SYMBOL`]) whenever a type the descriptor reaches changes layout:
 /// version 2 added the panic hook to `AttachArgs`, the backtrace to
-/// `Panic`, `release_host_link` and `panic_unwind`. A library built for
-/// another version is refused by name before it is opened.
-pub const ABI_VERSION: u32 = 2;
+/// `Panic`, `release_host_link` and `panic_unwind`; version 3 gave the
+/// library router's `call` the mount prefix (for panic reports) as an
+/// argument. A library built for another version is refused by name
+/// before it is opened.
+pub const ABI_VERSION: u32 = 3;
 
 /// The first bytes of every descriptor.
 pub const MAGIC: [u8; 16] = *b"verdant-loadable";

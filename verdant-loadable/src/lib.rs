@@ -187,13 +187,19 @@ pub mod boundary {
 /// a plain 500 (or, in the middle of a body, an aborted response) and the
 /// service keeps running. The host gets back an ordinary `axum::Router`
 /// ([`LibraryRouter::into_router`](router::LibraryRouter::into_router), in
-/// `host/router.rs`), built once per version.
+/// `host/router.rs`), built once per version. Along with it the proxy
+/// [offers](router::LibraryRoutes::offer) the service inside that router
+/// ([`LibraryRoutes`](router::LibraryRoutes)) to a host that
+/// [captures](router::capture_library_routes) it, so that
+/// `verdant::axum::Pipeline::library_routes` calls the library without
+/// routing each request a second time.
 ///
 /// What a library router must not do: put values into *response*
 /// extensions for the host (they are dropped library-side, because their
 /// code is the library's), or return a router nested inside another type
 /// (`Option<Router>`: the macro refuses it, since it would cross unguarded).
 pub mod router {
+    pub use crate::host::router::{capture_library_routes, LibraryRoutes, RoutesFuture};
     pub use crate::library::router::LibraryRouter;
 }
 

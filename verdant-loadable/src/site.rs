@@ -36,6 +36,12 @@ impl RequestLine {
             uri: request.uri().clone(),
         }
     }
+
+    /// The line of `request` under `prefix` (the mount the host stripped,
+    /// known without looking at the request's extensions).
+    pub fn with_prefix<B>(request: &Request<B>, prefix: Option<Arc<str>>) -> Self {
+        RequestLine { method: request.method().clone(), prefix, uri: request.uri().clone() }
+    }
 }
 
 impl fmt::Display for RequestLine {

@@ -180,10 +180,25 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
                         })
                     }
                 });
+                // The router is handed out together with its service
+                // (`LibraryRoutes`), which the proxy offers to a host that
+                // captures it (`verdant::axum::Pipeline::library_routes`) to
+                // call the service without routing through the router again.
+                // A panic is delivered as the method's return type says (a
+                // router cannot be an error), so it re-raises before any
+                // offer.
+                let deliver = quote! {
+                    {
+                        #[allow(unused_imports)]
+                        use ::verdant_loadable::__private::{DeliverAsError as _, DeliverAsPanic as _};
+                        let selector = &::verdant_loadable::__private::Deliver::<::verdant_loadable::router::LibraryRoutes>::new();
+                        selector.deliver(panic, &self.__verdant_context, #name_text)
+                    }
+                };
                 let build = quote! {
                     #boundary_ref
                     match <dyn #boundary as #boundary>::#name(boundary, #(#args),*) {
-                        ::core::result::Result::Ok(library) => library.into_router(&self.__verdant_context),
+                        ::core::result::Result::Ok(library) => library.into_routes(&self.__verdant_context),
                         ::core::result::Result::Err(panic) => #deliver,
                     }
                 };
@@ -191,16 +206,23 @@ fn expand(item: &ItemTrait) -> syn::Result<TokenStream2> {
                     // One router per version: built on first use, then cloned
                     // (an `Arc` clone) for every request.
                     let cache = format_ident!("__verdant_router_{}", name);
-                    proxy_fields.push(quote!(#cache: ::std::sync::OnceLock<::verdant_loadable::__private::Router>,));
+                    proxy_fields
+                        .push(quote!(#cache: ::std::sync::OnceLock<::verdant_loadable::router::LibraryRoutes>,));
                     proxy_inits.push(quote!(#cache: ::std::sync::OnceLock::new(),));
                     proxy_impls.push(quote! {
                         fn #name #generics (&self) #user_output {
-                            self.#cache.get_or_init(|| { #build }).clone()
+                            let routes = self.#cache.get_or_init(|| { #build });
+                            routes.offer();
+                            routes.router()
                         }
                     });
                 } else {
                     proxy_impls.push(quote! {
-                        fn #name #generics (&self, #(#args: #arg_types),*) #user_output { #build }
+                        fn #name #generics (&self, #(#args: #arg_types),*) #user_output {
+                            let routes: ::verdant_loadable::router::LibraryRoutes = { #build };
+                            routes.offer();
+                            routes.router()
+                        }
                     });
                 }
             }

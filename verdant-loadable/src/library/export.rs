@@ -213,7 +213,7 @@ macro_rules! export {
 
         #[allow(non_upper_case_globals)]
         #[unsafe(no_mangle)]
-        pub static __verdant_descriptor_v2: $crate::descriptor::Descriptor = $crate::descriptor::Descriptor {
+        pub static __verdant_descriptor_v3: $crate::descriptor::Descriptor = $crate::descriptor::Descriptor {
             magic: $crate::descriptor::MAGIC,
             abi_version: $crate::descriptor::ABI_VERSION,
             rustc_version: $crate::descriptor::RawStr::new($crate::descriptor::RUSTC_VERSION),

@@ -9,6 +9,7 @@
 
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use ::axum::body::Body;
@@ -27,7 +28,8 @@ use crate::site::{BodySite, RequestLine};
 /// The library side makes it with [`LibraryRouter::new`] (the code that
 /// `#[verdant_loadable::interface]` generates for a method returning
 /// `axum::Router` does); the host side turns it into an ordinary
-/// `axum::Router` with [`LibraryRouter::into_router`]. You normally never
+/// `axum::Router` with [`LibraryRouter::into_router`] (or into
+/// [`LibraryRoutes`](crate::router::LibraryRoutes)). You normally never
 /// touch it yourself.
 ///
 /// ```
@@ -43,10 +45,13 @@ pub struct LibraryRouter {
 
 /// The object-safe, panic-guarded face of a library's router.
 pub(crate) trait RouterBoundary: Send + Sync {
-    /// Serves one request. Creating the future, every poll of it and its
-    /// drop run under the library's guard, inside the host's runtime; the
-    /// response's body is a [`GuardedBody`].
-    fn call(&self, request: Request<Body>) -> BoundaryFuture<'static, Response<Body>>;
+    /// Serves one request, which the host took from under `prefix` (a
+    /// mount, for the reports of a panic in the response body; passed here
+    /// because the host knows it once per mount, where a request extension
+    /// would cost an allocation per request). Creating the future, every
+    /// poll of it and its drop run under the library's guard, inside the
+    /// host's runtime; the response's body is a [`GuardedBody`].
+    fn call(&self, request: Request<Body>, prefix: Option<Arc<str>>) -> BoundaryFuture<'static, Response<Body>>;
 }
 
 impl LibraryRouter {
@@ -74,13 +79,13 @@ struct GuardedRouter {
 }
 
 impl RouterBoundary for GuardedRouter {
-    fn call(&self, request: Request<Body>) -> BoundaryFuture<'static, Response<Body>> {
+    fn call(&self, request: Request<Body>, prefix: Option<Arc<str>>) -> BoundaryFuture<'static, Response<Body>> {
         let router = &self.router;
         guard_future(move || {
             // A `Router` clone is an `Arc` clone; axum clones routers per
             // connection the same way.
             let router = Router::clone(router);
-            let site = BodySite::response(RequestLine::of(&request));
+            let site = BodySite::response(RequestLine::with_prefix(&request, prefix));
             async move {
                 let response = match tower::ServiceExt::oneshot(router, request).await {
                     Ok(response) => response,

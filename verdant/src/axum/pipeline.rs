@@ -25,6 +25,36 @@
 //! is current or a request still uses it; after a change, the registry's
 //! call returns only once the snapshot without the old version is current.
 //!
+//! # A library router without a second routing pass
+//!
+//! An interface's router method hands the host an ordinary `axum::Router`
+//! (the proxy wraps the library's router in one). Served as a router
+//! ([`Pipeline::routes`]), a request is routed twice: by mount here, then
+//! by axum inside that router, whose only route is a `fallback_service`
+//! (a boxed clone of the service and a boxed future per request), and the
+//! mount prefix for panic reports has to travel in the request's
+//! extensions (one more allocation). [`Pipeline::library_routes`] (and the
+//! routes of every HTTP extension) calls the library router's host service
+//! ([`LibraryRoutes`]) directly instead, with the mount stored in it once
+//! per version.
+//!
+//! How the pipeline gets that service without a second API on the
+//! interface: the proxy's router method builds the router together with
+//! its service and, each time it returns, *offers* the service to a
+//! thread-local capture ([`capture_library_routes`]); the pipeline runs
+//! the host's closure under a capture once per version and serves what was
+//! offered. This was chosen over a hidden method that the macro would add
+//! to every interface with router methods because it keeps an embedder's
+//! code as it is (the same closure, `|shop| shop.router()`, works with
+//! `routes` and `library_routes`), adds nothing to the interface trait or
+//! the proxy's public surface, and names the method through the ordinary
+//! call, never by a string. The cost is that `axum::Router` has no identity:
+//! a closure that wraps the library's router in a layer cannot be told from
+//! one that returns it unchanged. So the direct path is opt-in, through an
+//! API whose contract says "returned unchanged", and refuses (503 with the
+//! reason, and an error in the log) what it can detect: no router method
+//! called, or several. `routes` stays the general path.
+//!
 //! A snapshot's pins serve the version; they are not requests
 //! ([`ServingPin`]), so a retired version's `in_flight` in `status()`
 //! counts the requests in its routes (each pinned by the library router
@@ -47,6 +77,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tower::util::Oneshot;
 use verdant_loadable::http::{HttpExtension, Middleware, Next};
+use verdant_loadable::router::{capture_library_routes, LibraryRoutes, RoutesFuture};
 
 use verdant_loadable::__private::{
     host_panic_text, internal_error, plain_response as text, HoldUntilEnd, MountPrefix, PanicHook, RequestLine,
@@ -118,18 +149,84 @@ impl Pipeline {
     /// let pipeline = verdant::axum::pipeline(&verdant).routes::<dyn Shop>(|shop| shop.router());
     /// # let _ = pipeline; }
     /// ```
+    ///
+    /// This is the general way: the router may be wrapped in layers, nested
+    /// or merged, and is served as a router (after the pipeline's own
+    /// routing by mount, axum routes the request again). When `router`
+    /// returns the interface's router method unchanged, prefer
+    /// [`Pipeline::library_routes`], which calls the library without that
+    /// second pass.
     pub fn routes<I: Interface + ?Sized>(self, router: impl Fn(&I) -> Router + Send + Sync + 'static) -> Self {
+        self.add_source::<I>(move |loadable| {
+            catch_unwind(AssertUnwindSafe(|| router(loadable))).map(Target::Router).map_err(|payload| {
+                Unbuilt::Panicked(format!("building its router panicked: {}", host_panic_text(&*payload)))
+            })
+        })
+    }
+
+    /// Serves the routes of every loadable of interface `I` that has a
+    /// mount, calling the library router that `router` returns directly:
+    /// `router` must return the router of one of the interface's router
+    /// methods (`fn ...(&self) -> axum::Router`) **unchanged**, as in
+    /// `|shop| shop.router()`.
+    ///
+    /// Compared with [`Pipeline::routes`], a request reaches the library
+    /// without a second routing pass through `axum` (and without the two
+    /// allocations of that pass), and the mount that panic reports name is
+    /// stored once per version instead of in every request.
+    ///
+    /// How: `router` runs once per loaded version (like in `routes`) while
+    /// the pipeline captures the library routes that the interface's proxy
+    /// offers as its router method returns
+    /// ([`verdant_loadable::router::LibraryRoutes`]); the pipeline serves
+    /// that one and drops the `Router` that `router` returned. So whatever
+    /// `router` did to the router on the way (a layer, a nest, a merge with
+    /// host routes) is **not** served; use [`Pipeline::routes`] for that.
+    /// What can be detected is refused: if `router` called no router method
+    /// of a loadable (it built a router of its own), or more than one, the
+    /// mount answers 503 saying so, and the log has the same error.
+    ///
+    /// ```no_run
+    /// # #[verdant_loadable::interface] pub trait Shop: Send + Sync { fn router(&self) -> axum::Router; }
+    /// # fn demo(verdant: verdant::Verdant) {
+    /// let pipeline = verdant::axum::pipeline(&verdant).library_routes::<dyn Shop>(|shop| shop.router());
+    /// # let _ = pipeline; }
+    /// ```
+    pub fn library_routes<I: Interface + ?Sized>(self, router: impl Fn(&I) -> Router + Send + Sync + 'static) -> Self {
+        self.add_source::<I>(move |loadable| {
+            let built = catch_unwind(AssertUnwindSafe(|| capture_library_routes(|| drop(router(loadable)))));
+            let ((), mut offered) = built.map_err(|payload| {
+                Unbuilt::Panicked(format!("building its router panicked: {}", host_panic_text(&*payload)))
+            })?;
+            match offered.len() {
+                1 => Ok(Target::Library(offered.remove(0))),
+                found => {
+                    let error = format!(
+                        "Pipeline::library_routes: the closure must return one router method's router of the \
+                         loadable unchanged (such as `|shop| shop.router()`), but it called {found} router \
+                         methods of a loadable; use Pipeline::routes to serve a router it builds, wraps or merges"
+                    );
+                    tracing::error!(interface = std::any::type_name::<I>(), "{error}");
+                    Err(Unbuilt::Refused(error))
+                }
+            }
+        })
+    }
+
+    /// Adds how the routes of the loadables of interface `I` are made.
+    fn add_source<I: Interface + ?Sized>(
+        self,
+        build: impl Fn(&I) -> Result<Target, Unbuilt> + Send + Sync + 'static,
+    ) -> Self {
         let source: RouteSource = Arc::new(move |entry: &Entry| {
             let slot = entry.slot.clone().downcast::<Slot<I>>().ok()?;
             Some(match Handle::new(slot).get() {
                 Ok(pinned) => {
                     let served = served(entry, pinned.generation(), pinned.package_version());
-                    let built = catch_unwind(AssertUnwindSafe(|| router(&pinned)));
+                    let built = build(&pinned);
                     let meta = pinned.meta().clone();
                     let pin: Arc<dyn Any + Send + Sync> = Arc::new(ServingPin::new(pinned, meta));
-                    built.map(|router| (router, served, pin)).map_err(|payload| {
-                        Unbuilt::Panicked(format!("building its router panicked: {}", host_panic_text(&*payload)))
-                    })
+                    built.map(|target| (target, served, pin))
                 }
                 Err(error) => Err(Unbuilt::NotServing(error.to_string())),
             })
@@ -205,8 +302,8 @@ impl std::fmt::Debug for Pipeline {
 /// not of the source's interface.
 type RouteSource = Arc<dyn Fn(&Entry) -> Option<Result<Built, Unbuilt>> + Send + Sync>;
 
-/// A router, what it serves as, and the (serving) pin of its version.
-type Built = (Router, Served, Arc<dyn Any + Send + Sync>);
+/// Routes, what they serve as, and the (serving) pin of their version.
+type Built = (Target, Served, Arc<dyn Any + Send + Sync>);
 
 /// Why a typed loadable's routes could not be made.
 enum Unbuilt {
@@ -214,6 +311,28 @@ enum Unbuilt {
     NotServing(String),
     /// Building its router panicked in the library (contained).
     Panicked(String),
+    /// `Pipeline::library_routes` got no library router, or several.
+    Refused(String),
+}
+
+/// What serves a mount.
+enum Target {
+    /// A router, routed again by axum (`Pipeline::routes`).
+    Router(Router),
+    /// A library router's service, called directly
+    /// (`Pipeline::library_routes`, HTTP extensions).
+    Library(LibraryRoutes),
+}
+
+impl Target {
+    /// The target serving under `mount`: a library router's service keeps
+    /// the mount for its panic reports (once here, not per request).
+    fn mounted(self, mount: &Arc<str>) -> Target {
+        match self {
+            Target::Library(routes) => Target::Library(routes.mounted_at(mount.clone())),
+            router => router,
+        }
+    }
 }
 
 struct Shared {
@@ -252,10 +371,10 @@ impl Shared {
             } else if let Some(mount) = &entry.mount {
                 let built = sources.iter().find_map(|source| source(&entry));
                 match built {
-                    Some(Ok((router, served, pin))) => snapshot.routes.push(Route {
+                    Some(Ok((target, served, pin))) => snapshot.routes.push(Route {
                         mount: mount.clone(),
                         name: entry.name.clone(),
-                        router,
+                        target: target.mounted(mount),
                         served,
                         _pin: pin,
                     }),
@@ -265,6 +384,8 @@ impl Shared {
                             // A library panic was reported (and counted) by the
                             // proxy that re-raised it.
                             Unbuilt::Panicked(reason) => reason,
+                            // Logged where it was found.
+                            Unbuilt::Refused(reason) => reason,
                         };
                         snapshot.unavailable.push(Unavailable {
                             mount: mount.clone(),
@@ -320,11 +441,18 @@ fn add_extension(snapshot: &mut Snapshot, entry: &Entry, handle: Handle<dyn Http
         }
     }
     let Some(mount) = &entry.mount else { return };
-    match catch_unwind(AssertUnwindSafe(|| pinned.router())) {
-        Ok(router) => snapshot.routes.push(Route {
+    // The pipeline calls the router method itself, so the router is the
+    // library's, unchanged: its service is called directly when the proxy
+    // offered it (a proxy generated by this build of the macro always does).
+    match catch_unwind(AssertUnwindSafe(|| capture_library_routes(|| pinned.router()))) {
+        Ok((router, mut offered)) => snapshot.routes.push(Route {
             mount: mount.clone(),
             name: entry.name.clone(),
-            router,
+            target: match offered.len() {
+                1 => Target::Library(offered.remove(0)),
+                _ => Target::Router(router),
+            }
+            .mounted(mount),
             served: served(entry, pinned.generation(), pinned.package_version()),
             _pin: pinned,
         }),
@@ -364,7 +492,7 @@ struct Stage {
 struct Route {
     mount: Arc<str>,
     name: Arc<str>,
-    router: Router,
+    target: Target,
     served: Served,
     _pin: Arc<dyn Any + Send + Sync>,
 }
@@ -455,6 +583,8 @@ pin_project_lite::pin_project! {
     enum Routed {
         // A loadable's routes; `served` goes into the response's extensions.
         Route { #[pin] call: Oneshot<Router, Request<Body>>, served: Option<Served> },
+        // A library router's service, called directly.
+        Library { #[pin] call: RoutesFuture, served: Option<Served> },
         // The host's fallback.
         Fallback { #[pin] call: Oneshot<Router, Request<Body>> },
         // A 404 or 503 of the pipeline's own.
@@ -472,6 +602,13 @@ impl Future for Routed {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
+                if let Some(served) = served.take() {
+                    response.extensions_mut().insert(served);
+                }
+                Poll::Ready(response)
+            }
+            RoutedProjection::Library { call, served } => {
+                let mut response = std::task::ready!(call.poll(cx));
                 if let Some(served) = served.take() {
                     response.extensions_mut().insert(served);
                 }
@@ -546,11 +683,15 @@ fn route(snapshot: &Snapshot, request: Request<Body>) -> Routed {
     let path = request.uri().path();
     if let Some(route) = snapshot.routes.iter().find(|route| under(path, &route.mount)) {
         let mut request = strip(request, route.mount.len());
-        // Reports of the library's panics name the path the client asked for.
-        request.extensions_mut().insert(MountPrefix(route.mount.clone()));
-        return Routed::Route {
-            call: tower::ServiceExt::oneshot(route.router.clone(), request),
-            served: Some(route.served.clone()),
+        let served = Some(route.served.clone());
+        return match &route.target {
+            // The service has the mount for its reports.
+            Target::Library(routes) => Routed::Library { call: routes.call(request), served },
+            Target::Router(router) => {
+                // Reports of the library's panics name the path the client asked for.
+                request.extensions_mut().insert(MountPrefix(route.mount.clone()));
+                Routed::Route { call: tower::ServiceExt::oneshot(router.clone(), request), served }
+            }
         };
     }
     if let Some(down) = snapshot.unavailable.iter().find(|down| under(path, &down.mount)) {
