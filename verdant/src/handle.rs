@@ -1,14 +1,23 @@
 //! Proxy handles: how callers reach the serving version of a loadable.
 //!
-//! The hot path is [`Handle::get`]: one `ArcSwapOption::load`, which pins the
-//! serving version through arc-swap's per-thread debt slots. It takes no lock,
-//! writes no cache line shared with other cores, and never waits for a
-//! reload: a reload builds the new version completely before it stores it,
-//! and the store pays the outstanding debts of the old one, turning them into
-//! real reference counts. Measured alternatives on this machine (issue #2):
-//! `Arc<dyn Trait>` 1.8 ns, `ArcSwap::load` 12 ns, read lock + `Arc` clone
-//! 21 ns, hot-lib-reloader's RwLock + `dlsym` per call 50 ns; a plain `Arc`
-//! clone per call would bounce the reference count between cores.
+//! The hot path is [`Handle::get`]: this thread's cell for the slot
+//! (`pin_cache.rs`, found through a const thread-local table), a plain
+//! increment of a counter only this thread writes, a compiler fence, and a
+//! check that the cell's cached version is still the slot's current one. It
+//! takes no lock, executes no atomic read-modify-write, writes no cache line
+//! another core writes, and never waits for a reload. A reload builds the new
+//! version completely before [`Slot::store`] swaps it in; the store then runs
+//! a process-wide barrier (`membarrier`) and takes back the caches' references
+//! to the old version, so that no `get()` after it returned serves the old
+//! version and a thread that never calls again keeps nothing alive. The slow
+//! path (a thread's first call, the first after a reload, a thread whose
+//! cell still has pins on an older version) pins through
+//! `ArcSwapOption::load_full`. `status()` stays exact: a cache holding a
+//! retired version counts as the pins made on it (`Retired::in_flight`).
+//! Measured alternatives on this machine (issue #2): `Arc<dyn Trait>`
+//! 1.8 ns, `ArcSwap::load` 12 ns, read lock + `Arc` clone 21 ns,
+//! hot-lib-reloader's RwLock + `dlsym` per call 50 ns; a plain `Arc` clone
+//! per call would bounce the reference count between cores.
 
 use std::fmt;
 use std::ops::Deref;
