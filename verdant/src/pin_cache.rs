@@ -55,6 +55,17 @@
 //!    released counters before `acquired`, so a pin racing with it is counted
 //!    rather than missed.
 //!
+//! # Costs
+//!
+//! - A store runs `membarrier` once, twice when a cell was busy (an IPI to
+//!   each CPU running a thread of the process), and locks each cell of the
+//!   slot once or twice.
+//! - A thread whose cell has pins on a retired version (a long request
+//!   across a reload) pins every new `get()` through arc-swap's
+//!   `load_full` (an atomic increment) until those pins are dropped.
+//! - A cell is about 200 bytes, one per thread and slot, never freed; an
+//!   exited thread's cells serve the next threads.
+//!
 //! Under `--cfg verdant_loom` the fences are `SeqCst` fences (what
 //! `membarrier` stands for in its formal model) and the atomics and locks are
 //! loom's; `scripts/loom` runs [`model`] over every interleaving.
@@ -615,8 +626,9 @@ mod model {
         v2: (*const (), Arc<AtomicBool>),
     }
 
-    // SAFETY: the addresses are only compared.
+    // SAFETY: the addresses are only compared, never dereferenced.
     unsafe impl Send for Versions {}
+    // SAFETY: as for `Send`; the flags are atomics.
     unsafe impl Sync for Versions {}
 
     impl Versions {
