@@ -6,7 +6,8 @@
 //! as absolute numbers: the machines are shared and noisy.
 //!
 //! - `arc_dyn`: a host-local `Arc<dyn Probe>` call, the floor.
-//! - `arcswap_load`: `ArcSwap::load` then the call (what `get()` is built on).
+//! - `arcswap_load`: `ArcSwap::load` then the call (what `get()` pinned
+//!   through before the per-thread pin cache; still its slow path).
 //! - `rwlock_arc_clone`: read lock, `Arc` clone, call (the obvious design).
 //! - `verdant_get_call`: `handle.get()?.version()` into the loaded library,
 //!   through the host proxy and the library's panic guard.
@@ -14,7 +15,8 @@
 //!   the proxy and guard alone).
 //! - `verdant_get_only`: `handle.get()` and the drop of its pin, no call:
 //!   what pinning costs (`verdant_get_call` is about this plus
-//!   `verdant_pinned_call`).
+//!   `verdant_pinned_call`). After the first call it is the pin cache's fast
+//!   path: two owner-only counter writes and a pointer check.
 //! - `verdant_get_call_runtime`: the same, from a registry with a tokio
 //!   runtime, which library code must find (docs/boundary.md §2). The bench
 //!   threads are not threads of a runtime, so each call enters the runtime

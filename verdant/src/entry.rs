@@ -16,6 +16,7 @@ use crate::error::LoadError;
 use crate::handle::Slot;
 use crate::loader::LoadedLibrary;
 use crate::panic_report;
+use crate::pin_cache::PinCells;
 use crate::runtime_watch::RuntimeWatch;
 use crate::status::{LoadableFailure, RetireReason};
 use crate::version::{DetachState, LibraryKeepAlive, Retirement, Version, VersionMeta};
@@ -218,13 +219,25 @@ pub(crate) struct Retired {
     /// The version itself, alive while calls still pin it.
     pub pins: Weak<dyn Any + Send + Sync>,
     pub reason: RetireReason,
+    /// Its slot's per-thread caches: one of them holding it is one strong
+    /// reference, whatever its pins.
+    pub cells: Arc<PinCells>,
 }
 
 impl Retired {
-    /// Calls and requests still running on it: its pins, less those that
-    /// serve it ([`VersionMeta::serving_pins`]).
+    /// Calls and requests still running on it: its strong references, less
+    /// those that serve it ([`VersionMeta::serving_pins`]), with each
+    /// per-thread cache holding it counted as the pins made on it rather
+    /// than once ([`PinCells::cached_pins`]). Exact when no pin comes or
+    /// goes meanwhile; a pin racing with it may be counted though gone.
     pub(crate) fn in_flight(&self) -> usize {
-        self.pins.strong_count().saturating_sub(self.meta.serving_pins.load(Ordering::Acquire))
+        let Some(version) = self.pins.upgrade() else { return 0 };
+        // The upgrade keeps the address from being reused while the caches
+        // are searched for it.
+        let (holders, cached) = self.cells.cached_pins(Arc::as_ptr(&version).cast::<()>());
+        // Less the upgrade's reference.
+        let strong = Arc::strong_count(&version) - 1;
+        (strong + cached).saturating_sub(holders + self.meta.serving_pins.load(Ordering::Acquire))
     }
 
     /// Unpinned and detached (or its detach failed): nothing will change.
@@ -305,7 +318,7 @@ impl<I: Interface + ?Sized> EntryOps for TypedOps<I> {
 
     fn revoke(&self) -> Option<Retired> {
         self.slot.revoked.store(true, std::sync::atomic::Ordering::Release);
-        self.slot.store(None).map(|old| retire(old, RetireReason::Revoked))
+        self.slot.store(None).map(|old| retire(old, RetireReason::Revoked, &self.slot.cells))
     }
 
     fn reinstate(&self) {
@@ -338,20 +351,20 @@ impl<I: Interface + ?Sized> Prepared for PreparedVersion<I> {
     fn commit(self: Box<Self>) -> Option<Retired> {
         // From here on the old version's strong count counts its pins (see
         // `Slot::store`), plus ours.
-        self.slot.store(Some(self.version)).map(|old| retire(old, RetireReason::Replaced))
+        self.slot.store(Some(self.version)).map(|old| retire(old, RetireReason::Replaced, &self.slot.cells))
     }
 
     fn roll_back(self: Box<Self>) -> Retired {
-        retire(self.version, RetireReason::RolledBack)
+        retire(self.version, RetireReason::RolledBack, &self.slot.cells)
     }
 }
 
 /// Marks `old` retired and lets go of the slot's reference: if no call pins
 /// it, it is detached right away (on the retirement thread).
-fn retire<I: Interface + ?Sized>(old: Arc<Version<I>>, reason: RetireReason) -> Retired {
+fn retire<I: Interface + ?Sized>(old: Arc<Version<I>>, reason: RetireReason, cells: &Arc<PinCells>) -> Retired {
     *old.meta().retired_at.lock() = Some(SystemTime::now());
     let meta = old.meta().clone();
     let pins: Weak<dyn Any + Send + Sync> = Arc::downgrade(&old) as Weak<dyn Any + Send + Sync>;
     drop(old);
-    Retired { meta, pins, reason }
+    Retired { meta, pins, reason, cells: cells.clone() }
 }

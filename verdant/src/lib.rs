@@ -159,6 +159,7 @@ pub mod manifest;
 mod manifest_diff;
 mod metrics;
 mod panic_report;
+mod pin_cache;
 mod private_dir;
 mod registry;
 mod report;
