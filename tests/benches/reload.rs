@@ -27,6 +27,11 @@
 //! after the section headers, as longer debug sections would be): the cost
 //! of reading, hashing and copying a 15 MB debug library.
 //!
+//! `reload_<profile>_spaced` (printed, not a criterion group) runs first:
+//! 40 changed reloads 50 ms apart, each with the I/O floor of the same
+//! moment, as a service that reloads now and then sees them (see
+//! [`spaced`] for why criterion's back-to-back reloads cost more).
+//!
 //! Every changed reload keeps its copy mapped for the life of the process
 //! (docs/boundary.md §4), so the measurement time is short and the number
 //! of reloads bounded.
@@ -54,6 +59,7 @@ const PADDED: usize = 15 << 20;
 
 fn reload(c: &mut Criterion) {
     let builds = [std::fs::read(fixture("good-v1")).expect("v1"), std::fs::read(fixture("good-v2")).expect("v2")];
+    spaced(&format!("reload_{}_spaced", profile()), &builds);
     measure(c, &format!("reload_{}", profile()), &builds, true);
     // The same builds with bytes appended up to 15 MiB, as if their debug
     // sections were that much longer (nothing reads past an ELF file's
@@ -65,6 +71,52 @@ fn reload(c: &mut Criterion) {
         build
     });
     measure(c, &format!("reload_{}_15mb", profile()), &padded, false);
+}
+
+/// How many reloads [`spaced`] measures, and how far apart.
+const SPACED_RELOADS: usize = 40;
+const SPACING: Duration = Duration::from_millis(50);
+
+/// Changed reloads as a service sees them: [`SPACED_RELOADS`] of them,
+/// [`SPACING`] apart, first thing in the process, each next to the I/O
+/// floor of the same moment (read the file, write it elsewhere). Not a
+/// criterion group: criterion runs hundreds of reloads back to back, and
+/// each keeps its copy mapped and its inode allocated (docs/boundary.md
+/// §4), so its later reloads also measure `dlopen` walking hundreds of
+/// loaded objects, ext4 skipping hundreds of inodes deleted within the
+/// last seconds, and the previous version's release competing for the
+/// cores. Prints the medians and their ratio.
+fn spaced(name: &str, builds: &[Vec<u8>; 2]) {
+    let artifact = Artifact::new("good-v1");
+    artifact.install_bytes(&builds[0]);
+    let (verdant, _shared, _probe) = attached(&artifact);
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let (mut reloads, mut floors) = (Vec::new(), Vec::new());
+    for i in 0..SPACED_RELOADS {
+        std::thread::sleep(SPACING);
+        let copy = scratch.path().join(format!("copy-{i}.so"));
+        let started = Instant::now();
+        let bytes = std::fs::read(artifact.path()).expect("read");
+        std::fs::write(&copy, &bytes).expect("write");
+        floors.push(started.elapsed());
+        std::fs::remove_file(&copy).expect("remove");
+        artifact.install_bytes(&builds[(i + 1) % 2]);
+        std::thread::sleep(SPACING);
+        let started = Instant::now();
+        let report = verdant.reload_blocking(None).expect("reload");
+        reloads.push(started.elapsed());
+        assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+    }
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (reload, floor) = (median(&mut reloads), median(&mut floors));
+    eprintln!(
+        "{name}: median of {SPACED_RELOADS} changed reloads {SPACING:?} apart {reload:.2?} = {:.2} x io_floor ({floor:.2?}); p90 {:.2?}",
+        reload.as_secs_f64() / floor.as_secs_f64(),
+        reloads[reloads.len() * 9 / 10],
+    );
 }
 
 /// The group `name`: `io_floor` and `reload_changed` of `builds` (installed
