@@ -115,6 +115,27 @@ pub fn attached_with(
     (verdant, shared, probe)
 }
 
+/// Installs `build` over `artifact` and starts a reload of everything on a
+/// thread of its own, held inside the new version's attach hook (the
+/// fixtures' attach gate, closed here); returns once the hook waits there.
+/// Open `shared.attach_gate` to let the reload finish; join the thread for
+/// its result.
+pub fn reload_held_in_attach(
+    verdant: &Verdant,
+    shared: &Shared,
+    artifact: &Artifact,
+    build: &str,
+) -> std::thread::JoinHandle<Result<verdant::ReloadReport, verdant::Error>> {
+    shared.attach_gate.close();
+    artifact.install(build);
+    let reloading = {
+        let verdant = verdant.clone();
+        std::thread::spawn(move || verdant.reload_blocking(None))
+    };
+    shared.attach_gate.until_waiting(1);
+    reloading
+}
+
 /// The path of a shared object every Linux process maps (the C library),
 /// read from `/proc/self/maps`: a well-formed ELF shared object for this
 /// machine that is not a Verdant library.

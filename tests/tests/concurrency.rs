@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fixture_api::{Gate, Probe, Shared};
 use verdant::{DetachState, Handle, HandleError, Outcome};
-use verdant_tests::{attached, poll_until, Artifact};
+use verdant_tests::{attached, poll_until, reload_held_in_attach, Artifact};
 
 /// How many detach records `instance` has.
 fn detaches_of(shared: &Shared, instance: u64) -> usize {
@@ -160,13 +160,7 @@ fn revoke_during_an_attach_swaps_nothing_and_detaches_both_instances_once() {
     let artifact = Artifact::new("good-v1");
     let (verdant, shared, probe) = attached(&artifact);
 
-    shared.attach_gate.close();
-    artifact.install("good-v2");
-    let reload = {
-        let verdant = verdant.clone();
-        std::thread::spawn(move || verdant.reload_blocking(None))
-    };
-    shared.attach_gate.until_waiting(1);
+    let reload = reload_held_in_attach(&verdant, &shared, &artifact, "good-v2");
     let revoker = {
         let verdant = verdant.clone();
         std::thread::spawn(move || verdant.revoke())
@@ -199,13 +193,7 @@ fn triggers_during_a_reload_coalesce_into_one_follow_up_that_loads_the_newest_fi
     let attaches_before = shared.attach_count();
 
     // Reload 1 (to v2) blocks inside the v2 attach hook.
-    shared.attach_gate.close();
-    artifact.install("good-v2");
-    let first = {
-        let verdant = verdant.clone();
-        std::thread::spawn(move || verdant.reload_blocking(None))
-    };
-    shared.attach_gate.until_waiting(1);
+    let first = reload_held_in_attach(&verdant, &shared, &artifact, "good-v2");
 
     // A newer build lands, and 100 triggers are queued while reload 1 runs.
     artifact.install("good-v3");

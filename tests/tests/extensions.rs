@@ -373,13 +373,12 @@ async fn a_manifest_group_reloads_all_or_nothing() -> TestResult {
     Ok(())
 }
 
-/// A typed loadable added in code takes its path and mount from the
-/// manifest entry of its name.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manifest_entry_sets_the_path_of_a_typed_loadable() -> TestResult {
+/// A registry with the typed loadable `edge` (edge-v1, added in code with a
+/// placeholder path) and the extension `a` (ext-v1), both listed and
+/// mounted by a manifest written in `dir`; attached.
+fn edge_behind_an_extension(dir: &std::path::Path) -> Result<Verdant, Box<dyn StdError>> {
     use fixture_api::edge::{Edge, EdgeContext};
-    let dir = tempfile::tempdir()?;
-    let manifest = dir.path().join("verdant.toml");
+    let manifest = dir.join("verdant.toml");
     let edge = Listed::mounted("edge", &fixture("edge-v1"));
     write_manifest(&manifest, &[edge, Listed::mounted("a", &fixture("ext-v1"))]);
     let verdant = Verdant::builder(EdgeContext::default())
@@ -388,6 +387,16 @@ async fn a_manifest_entry_sets_the_path_of_a_typed_loadable() -> TestResult {
         .build()?;
     let report = verdant.attach()?;
     assert!(report.is_success(), "{report}");
+    Ok(verdant)
+}
+
+/// A typed loadable added in code takes its path and mount from the
+/// manifest entry of its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_entry_sets_the_path_of_a_typed_loadable() -> TestResult {
+    use fixture_api::edge::Edge;
+    let dir = tempfile::tempdir()?;
+    let verdant = edge_behind_an_extension(dir.path())?;
     assert_eq!(verdant.handle::<dyn Edge>("edge")?.get()?.version(), 1);
     let pipeline = verdant::axum::pipeline(&verdant).routes::<dyn Edge>(|edge| edge.router());
     let addr = client::serve(axum::Router::new().fallback_service(pipeline)).await;
@@ -402,17 +411,9 @@ async fn a_manifest_entry_sets_the_path_of_a_typed_loadable() -> TestResult {
 /// several library routers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn library_routes_serves_the_library_router_and_refuses_anything_else() -> TestResult {
-    use fixture_api::edge::{Edge, EdgeContext};
+    use fixture_api::edge::Edge;
     let dir = tempfile::tempdir()?;
-    let manifest = dir.path().join("verdant.toml");
-    let edge = Listed::mounted("edge", &fixture("edge-v1"));
-    write_manifest(&manifest, &[edge, Listed::mounted("a", &fixture("ext-v1"))]);
-    let verdant = Verdant::builder(EdgeContext::default())
-        .add::<dyn Edge>("edge", "/nonexistent/set/by/the/manifest.so")
-        .manifest(&manifest)
-        .build()?;
-    let report = verdant.attach()?;
-    assert!(report.is_success(), "{report}");
+    let verdant = edge_behind_an_extension(dir.path())?;
 
     let direct = verdant::axum::pipeline(&verdant).library_routes::<dyn Edge>(|edge| edge.router());
     let addr = client::serve(axum::Router::new().fallback_service(direct)).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use fixture_api::{FixtureContext, Probe, Shared};
 use verdant::{DetachState, Error, Filter, HandleError, Outcome, Verdant};
-use verdant_tests::{eventually, Artifact};
+use verdant_tests::{eventually, reload_held_in_attach, Artifact};
 
 /// A second interface, which no fixture serves.
 #[verdant_loadable::interface]
@@ -269,13 +269,7 @@ fn names_that_differ_only_in_punctuation_load_side_by_side() {
 fn a_revoke_during_a_reload_waits_for_it_and_swaps_nothing() {
     let (artifact, verdant, shared) = attached_v1();
     let probe = verdant.handle::<dyn Probe>("probe").unwrap();
-    shared.attach_gate.close();
-    artifact.install("good-v2");
-    let reloading = {
-        let verdant = verdant.clone();
-        std::thread::spawn(move || verdant.reload_blocking(None))
-    };
-    shared.attach_gate.until_waiting(1);
+    let reloading = reload_held_in_attach(&verdant, &shared, &artifact, "good-v2");
     let revoking = {
         let verdant = verdant.clone();
         std::thread::spawn(move || verdant.revoke())

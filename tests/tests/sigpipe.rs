@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::future::Future;
 
 use verdant::{Trigger, Verdant};
-use verdant_tests::{attached, poll_until, Artifact};
+use verdant_tests::{attached, poll_until, reload_held_in_attach, Artifact};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -208,13 +208,7 @@ fn a_coalesced_batch_is_reported_under_its_newest_trigger() {
     listen(&verdant);
 
     // Reload 1 (to v2) blocks inside v2's attach hook.
-    shared.attach_gate.close();
-    artifact.install("good-v2");
-    let first = {
-        let verdant = verdant.clone();
-        std::thread::spawn(move || verdant.reload_blocking(None))
-    };
-    shared.attach_gate.until_waiting(1);
+    let first = reload_held_in_attach(&verdant, &shared, &artifact, "good-v2");
     artifact.install("good-v3");
 
     // A call is queued first, then an operator's signal.

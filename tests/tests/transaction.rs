@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use fixture_api::{FixtureContext, Probe, Shared};
 use verdant::{DetachState, Error, LoadError, Outcome, RetireReason, Step, Trigger, Verdant, VersionInfo};
-use verdant_tests::{attached, eventually, Artifact};
+use verdant_tests::{attached, eventually, reload_held_in_attach, Artifact};
 
 /// Two loadables, `a` and `b`, both attached on good-v1, in one group (so
 /// that they are one all-or-nothing unit), in strict mode (so that a failure
@@ -327,14 +327,8 @@ fn a_slow_attach_blocks_neither_calls_nor_status() {
     let artifact = Artifact::new("good-v1");
     let (verdant, shared, probe) = attached(&artifact);
 
-    shared.attach_gate.close();
-    artifact.install("good-v2");
-    let reloading = {
-        let verdant = verdant.clone();
-        std::thread::spawn(move || verdant.reload_blocking(None))
-    };
     // good-v2's attach hook is now running (blocked at the gate).
-    shared.attach_gate.until_waiting(1);
+    let reloading = reload_held_in_attach(&verdant, &shared, &artifact, "good-v2");
     assert_eq!(probe.get().unwrap().version(), 1);
     let status = verdant.status();
     assert_eq!(status.loadables[0].current.as_ref().map(|c| c.generation), Some(1), "{status}");
