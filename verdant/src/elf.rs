@@ -10,7 +10,7 @@
 //! constructors.
 
 use object::elf;
-use object::read::elf::{FileHeader, ProgramHeader, Sym};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader as _, Sym};
 use object::{Endian, Endianness};
 
 use crate::descriptor;
@@ -18,8 +18,12 @@ use crate::error::LoadError;
 
 #[cfg(target_pointer_width = "64")]
 type Header = elf::FileHeader64<Endianness>;
+#[cfg(target_pointer_width = "64")]
+type SectionHeader = elf::SectionHeader64<Endianness>;
 #[cfg(target_pointer_width = "32")]
 type Header = elf::FileHeader32<Endianness>;
+#[cfg(target_pointer_width = "32")]
+type SectionHeader = elf::SectionHeader32<Endianness>;
 
 #[cfg(target_pointer_width = "64")]
 const HOST_CLASS: u8 = elf::ELFCLASS64;
@@ -41,14 +45,88 @@ const HOST_MACHINE: u16 = if cfg!(target_arch = "x86_64") {
     elf::EM_NONE // unknown target: the machine check is skipped
 };
 
-/// Checks `bytes`, the private copy's content, and returns how many of its
-/// first bytes `dlopen` needs: the ELF header, the program header table and
-/// every segment (`PT_LOAD` and the others, which lie inside them) end
-/// within them. The rest is section data that only debuggers and backtraces
-/// read, by the file's name (see `loader::write_copy`).
+/// Checks `bytes`, a whole artifact, and returns how many of its first
+/// bytes `dlopen` needs: the ELF header, the program header table and every
+/// segment (`PT_LOAD` and the others, which lie inside them) end within
+/// them. The rest is section data that only debuggers and backtraces read,
+/// by the file's name (see `loader::write_copy`).
+pub(crate) fn validate(bytes: &[u8]) -> Result<usize, LoadError> {
+    let (header, endian, loaded) = check_loaded_part(bytes, bytes.len() as u64)?;
+    let sections =
+        header.sections(endian, bytes).map_err(|e| truncated_or_malformed(bytes, "section header table", e))?;
+    check_sections(&sections, endian, bytes.len() as u64)?;
+    find_descriptor(&sections, endian, bytes)?;
+    Ok(loaded)
+}
+
+/// Checks an artifact of `file_len` bytes of which only the first part and
+/// the section header table were read ([`layout`]): `head`, the bytes that
+/// `dlopen` needs, and `section_headers`, the table's bytes. The same checks
+/// as [`validate`], on the same bytes: nothing it reads lies in the part not
+/// read (the dynamic symbol table and its strings are loaded, so they lie in
+/// `head`; a file where they do not is refused as malformed).
+pub(crate) fn validate_parts(head: &[u8], file_len: u64, section_headers: &[u8]) -> Result<usize, LoadError> {
+    let (_, endian, loaded) = check_loaded_part(head, file_len)?;
+    if loaded != head.len() {
+        return Err(LoadError::Malformed {
+            detail: format!("the loaded part is {loaded} bytes long, but {} were read as such", head.len()),
+        });
+    }
+    let headers = object::pod::slice_from_all_bytes::<SectionHeader>(section_headers)
+        .map_err(|_| LoadError::Malformed { detail: "the section header table is not whole entries".to_owned() })?;
+    // The section names are not needed: the dynamic symbol table is found by
+    // its type, as `validate` finds it.
+    let sections = object::read::elf::SectionTable::new(headers, object::StringTable::default());
+    check_sections(&sections, endian, file_len)?;
+    find_descriptor(&sections, endian, head)?;
+    Ok(loaded)
+}
+
+/// Where the parts of an ELF file lie that a reload reads before loading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// How many first bytes `dlopen` needs (as [`validate`] returns).
+    pub loaded: u64,
+    /// The section header table: its offset and length in bytes.
+    pub section_headers: (u64, u64),
+}
+
+/// The layout of the ELF file of `file_len` bytes that starts with `start`,
+/// when `start` holds its ELF header and program header table and both the
+/// loaded part and the section header table lie inside the file.
+///
+/// `None` for anything else (not ELF, another word size, truncated, no or
+/// extended section headers): such a file is read whole and [`validate`]
+/// says precisely what is wrong with it.
+#[allow(clippy::useless_conversion)] // u32 words on 32-bit targets
+pub(crate) fn layout(start: &[u8], file_len: u64) -> Option<Layout> {
+    if start.get(..4) != Some(b"\x7fELF".as_slice()) || start.get(4) != Some(&HOST_CLASS) {
+        return None;
+    }
+    let header = Header::parse(start).ok()?;
+    let endian = header.endian().ok()?;
+    let mut loaded = headers_len(start)?;
+    for segment in header.program_headers(endian, start).ok()? {
+        loaded = loaded.max(u64::from(segment.p_offset(endian)).checked_add(segment.p_filesz(endian).into())?);
+    }
+    let offset: u64 = header.e_shoff(endian).into();
+    let count = u64::from(header.e_shnum(endian));
+    let entry = u64::from(header.e_shentsize(endian));
+    // No table, or one whose count is in its first entry (65280 sections or
+    // more), or entries of another size: read the file whole.
+    if offset == 0 || count == 0 || entry != std::mem::size_of::<SectionHeader>() as u64 {
+        return None;
+    }
+    let table_end = offset.checked_add(count * entry)?;
+    (loaded <= file_len && table_end <= file_len).then_some(Layout { loaded, section_headers: (offset, count * entry) })
+}
+
+/// The checks of the header, the program header table and the loaded
+/// segments of an artifact of `file_len` bytes that starts with `bytes`:
+/// the header, its byte order, and how many first bytes `dlopen` needs.
 // ELF words are u32 on 32-bit targets; the conversions are not useless there.
 #[allow(clippy::useless_conversion)]
-pub(crate) fn validate(bytes: &[u8]) -> Result<usize, LoadError> {
+fn check_loaded_part(bytes: &[u8], file_len: u64) -> Result<(&Header, Endianness, usize), LoadError> {
     if bytes.is_empty() {
         return Err(LoadError::Empty);
     }
@@ -83,7 +161,7 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<usize, LoadError> {
         other => return Err(LoadError::NotSharedObject { found: format!("file of type {other}") }),
     }
 
-    let len = bytes.len() as u64;
+    let len = file_len;
     // The header and the program header table (inside the file once
     // `program_headers` below parsed it), then every segment.
     let mut loaded = u64::from(header.e_phoff(endian))
@@ -114,9 +192,38 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<usize, LoadError> {
     // A segment other than PT_LOAD may claim bytes past the end (dlopen
     // never reads those from the file); the copy holds at most the file.
     let loaded = usize::try_from(loaded.min(len)).unwrap_or(bytes.len());
+    Ok((header, endian, loaded))
+}
 
-    let sections =
-        header.sections(endian, bytes).map_err(|e| truncated_or_malformed(bytes, "section header table", e))?;
+/// Every section with bytes in the file must end inside it: a file cut
+/// after its section header table was written is not a whole build.
+fn check_sections<'data>(
+    sections: &object::read::elf::SectionTable<'data, Header, &'data [u8]>,
+    endian: Endianness,
+    file_len: u64,
+) -> Result<(), LoadError> {
+    for (index, section) in sections.iter().enumerate() {
+        if let Some((offset, size)) = section.file_range(endian) {
+            if offset.saturating_add(size) > file_len {
+                return Err(LoadError::Truncated {
+                    detail: format!(
+                        "section {index} needs bytes {offset}..{} but the file has {file_len} bytes",
+                        offset.saturating_add(size)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dynamic symbol table (read from `bytes`) must define exactly one
+/// Verdant descriptor, of this build's ABI.
+fn find_descriptor<'data>(
+    sections: &object::read::elf::SectionTable<'data, Header, &'data [u8]>,
+    endian: Endianness,
+    bytes: &'data [u8],
+) -> Result<(), LoadError> {
     let symbols = sections
         .symbols(endian, bytes, elf::SHT_DYNSYM)
         .map_err(|e| truncated_or_malformed(bytes, "dynamic symbol table", e))?;
@@ -133,7 +240,7 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<usize, LoadError> {
     }
     match descriptors.as_slice() {
         [] => Err(LoadError::NotVerdant { symbol: descriptor::SYMBOL }),
-        [only] if only == descriptor::SYMBOL => Ok(loaded),
+        [only] if only == descriptor::SYMBOL => Ok(()),
         _ => Err(LoadError::DescriptorMismatch { found: descriptors, expected: descriptor::SYMBOL }),
     }
 }

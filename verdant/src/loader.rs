@@ -47,14 +47,26 @@ use crate::report::ContentHash;
 #[cfg_attr(test, mockall::automock)]
 pub(crate) trait Stages: Send + Sync {
     /// [`Step::Read`](crate::Step::Read): the artifact's stamp, and its
-    /// bytes unless the stamp equals `serving` (the serving version's).
+    /// bytes unless the stamp equals `serving` (the serving version's): the
+    /// whole file, or the part `dlopen` needs and the file's [`Rest`].
     fn read(&self, path: &Path, serving: Option<FileStamp>) -> Result<Artifact, LoadError>;
-    /// [`Step::Copy`](crate::Step::Copy): writes the private copy; the
-    /// first `loaded` bytes before it returns (see [`Stages::validate`]).
-    fn copy(&self, dir: &Path, file_name: &str, bytes: Vec<u8>, loaded: usize) -> Result<PrivateCopy, LoadError>;
-    /// [`Step::Validate`](crate::Step::Validate): checks the copy's bytes
-    /// and returns how many of them `dlopen` reads or maps (`elf.rs`).
-    fn validate(&self, bytes: &[u8]) -> Result<usize, LoadError>;
+    /// [`Step::Copy`](crate::Step::Copy): writes the private copy: `bytes`,
+    /// then the `rest` of the file, if it was not read; the first `loaded`
+    /// bytes before it returns (see [`Stages::validate`]).
+    fn copy(
+        &self,
+        dir: &Path,
+        file_name: &str,
+        bytes: Vec<u8>,
+        loaded: usize,
+        rest: Option<Rest>,
+    ) -> Result<PrivateCopy, LoadError>;
+    /// [`Step::Validate`](crate::Step::Validate): checks the bytes read
+    /// (and the section headers of the `rest`, if the file was not read
+    /// whole) and returns how many of them `dlopen` reads or maps (`elf.rs`).
+    // mockall needs the lifetime of a reference inside an `Option` named.
+    #[allow(clippy::needless_lifetimes)]
+    fn validate<'a>(&self, bytes: &[u8], rest: Option<&'a Rest>) -> Result<usize, LoadError>;
     /// [`Step::Open`](crate::Step::Open): `dlopen` and the descriptor header.
     fn open(&self, copy: PrivateCopy) -> Result<LoadedLibrary, LoadError>;
 }
@@ -106,18 +118,50 @@ impl FileStamp {
 
 /// What [`Stages::read`] found.
 #[derive(Debug)]
+// One per reload, moved once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Artifact {
     /// The stamp equals the serving version's: not read.
     Same,
     /// Another file, or the same one changed: its bytes, their hash, and
     /// its stamp unless it changed too recently to tell the next change by
-    /// it.
-    Read { stamp: Option<FileStamp>, bytes: Vec<u8>, hash: ContentHash },
+    /// it. `bytes` is the whole file when `rest` is `None`, else the part
+    /// `dlopen` needs ([`read_artifact`]).
+    Read { stamp: Option<FileStamp>, bytes: Vec<u8>, hash: ContentHash, rest: Option<Rest> },
 }
 
-/// Copies whose unloaded tail (debug sections, symbol tables, section
-/// headers: everything past the last loaded segment) is at least this long
-/// write it after the load instead of before (see [`write_copy`]).
+/// The part of an artifact a reload did not read: the sections past the
+/// last loaded segment (debug sections, symbol tables), which only debuggers
+/// and backtraces read. They are copied into the private copy from the
+/// artifact's own descriptor, after the load when they are long
+/// ([`write_copy`]).
+#[derive(Debug)]
+pub(crate) struct Rest {
+    /// The artifact, open: the same inode as the bytes read, whatever
+    /// happens to its name.
+    source: File,
+    /// The artifact's stamp when it was read: a copy of the rest is kept only
+    /// if the artifact still has it afterwards.
+    stamp: FileStamp,
+    /// Where the rest starts (the length of the bytes read) and the file's
+    /// length.
+    range: (u64, u64),
+    /// The section header table's offset and bytes, which were read (and
+    /// hashed and validated) with the loaded part.
+    pub section_headers: (u64, Vec<u8>),
+}
+
+impl Rest {
+    /// The artifact's length in bytes when it was read.
+    pub fn file_len(&self) -> u64 {
+        self.range.1
+    }
+}
+
+/// Copies of an artifact read whole whose unloaded tail (debug sections,
+/// symbol tables, section headers: everything past the last loaded segment)
+/// is at least this long write it after the load instead of before (see
+/// [`write_copy`]). A library read in part ([`Rest`]) always does.
 const DEFERRED_TAIL: usize = 256 * 1024;
 
 /// A private copy as [`Stages::copy`] wrote it.
@@ -149,24 +193,34 @@ impl Stages for System {
     fn read(&self, path: &Path, serving: Option<FileStamp>) -> Result<Artifact, LoadError> {
         let error = |e| LoadError::Read { source: Arc::new(e) };
         // One descriptor for the stamp and the bytes: both are of one inode.
-        let mut file = File::open(path).map_err(error)?;
+        let file = File::open(path).map_err(error)?;
         let stamp = FileStamp::of(&file.metadata().map_err(error)?);
         if serving == Some(stamp) {
             return Ok(Artifact::Same);
         }
-        let (bytes, hash) = read_and_hash(&mut file, usize::try_from(stamp.size).unwrap_or(0)).map_err(error)?;
-        Ok(Artifact::Read { stamp: stamp.settled().then_some(stamp), bytes, hash })
+        let (bytes, hash, rest) = read_artifact(file, stamp).map_err(error)?;
+        Ok(Artifact::Read { stamp: stamp.settled().then_some(stamp), bytes, hash, rest })
     }
 
-    fn copy(&self, dir: &Path, file_name: &str, bytes: Vec<u8>, loaded: usize) -> Result<PrivateCopy, LoadError> {
+    fn copy(
+        &self,
+        dir: &Path,
+        file_name: &str,
+        bytes: Vec<u8>,
+        loaded: usize,
+        rest: Option<Rest>,
+    ) -> Result<PrivateCopy, LoadError> {
         let path = dir.join(file_name);
-        let (file, writable) = write_copy(&path, bytes, loaded)
+        let (file, writable) = write_copy(&path, bytes, loaded, rest)
             .map_err(|e| LoadError::Copy { copy: path.clone(), source: Arc::new(e) })?;
         Ok(PrivateCopy { path, file, writable })
     }
 
-    fn validate(&self, bytes: &[u8]) -> Result<usize, LoadError> {
-        crate::elf::validate(bytes)
+    fn validate(&self, bytes: &[u8], rest: Option<&Rest>) -> Result<usize, LoadError> {
+        match rest {
+            None => crate::elf::validate(bytes),
+            Some(rest) => crate::elf::validate_parts(bytes, rest.file_len(), &rest.section_headers.1),
+        }
     }
 
     fn open(&self, copy: PrivateCopy) -> Result<LoadedLibrary, LoadError> {
@@ -174,52 +228,148 @@ impl Stages for System {
     }
 }
 
-/// Writes the private copy of `bytes` at `path`; returns a read-only
-/// descriptor of it and the writable one it was written through.
+/// Writes the private copy of `bytes` (and of the `rest` of the artifact,
+/// when it was not read) at `path`; returns a read-only descriptor of it and
+/// the writable one it was written through.
 ///
 /// `dlopen` reads the headers and maps the loaded segments, all within the
 /// first `loaded` bytes (`elf::validate`); of a debug build, that is a tenth
-/// of the file (8.7 MB fixture: 750 KB), the rest being debug sections that
+/// of the file (8.9 MB fixture: 850 KB), the rest being debug sections that
 /// only debuggers and backtraces read, by the copy's name. Writing them took
 /// most of a debug reload's time (15 MB: up to 35 ms). So a long tail is
 /// written after the copy is returned, by a thread of its own, at its
 /// offset, through a second descriptor of the same inode: the load waits
 /// only for the part it maps, and the copy is whole a few milliseconds later.
-/// The bytes written and the bytes validated are still the same bytes; the
-/// tail is never mapped, so the pages `dlopen` maps are complete when it
+/// The tail is never mapped, so the pages `dlopen` maps are complete when it
 /// runs. The cost: a backtrace taken in those milliseconds (a panic in the
 /// attach hook, say) finds no file and line for the library's frames.
 /// A tail that cannot be written is logged and cut off (`set_len`), so the
 /// copy stays a valid shared object without debug information. A version
 /// that retires before its tail was written takes the writable descriptor
 /// first ([`Writable`]), and the tail is never written.
-fn write_copy(path: &Path, bytes: Vec<u8>, loaded: usize) -> std::io::Result<(File, Writable)> {
+fn write_copy(path: &Path, bytes: Vec<u8>, loaded: usize, rest: Option<Rest>) -> std::io::Result<(File, Writable)> {
     let loaded = loaded.min(bytes.len());
-    let deferred = bytes.len() - loaded >= DEFERRED_TAIL;
+    // A rest not read is always copied later: reading it now would cost
+    // the load as much as writing it.
+    let deferred = rest.is_some() || bytes.len() - loaded >= DEFERRED_TAIL;
     let first = if deferred { &bytes[..loaded] } else { &bytes[..] };
     let (file, writable) = crate::private_dir::write_file(path, first, true)?;
     let writable: Writable = Arc::new(parking_lot::Mutex::new(writable));
-    if !deferred {
-        return Ok((file, writable));
-    }
-    let tail_path = path.to_owned();
+    let from = match rest {
+        Some(rest) => From::Artifact(rest),
+        None if deferred => From::Bytes(bytes),
+        // Short, and `first` was all of it.
+        None => return Ok((file, writable)),
+    };
+    let tail = Tail { copy: path.to_owned(), loaded, from };
     let tail_writable = writable.clone();
-    std::thread::Builder::new().name("verdant-copy-tail".to_owned()).spawn(move || {
-        use std::os::unix::fs::FileExt;
+    in_background(Box::new(move || {
         // Held for the write: the version's retirement waits for it, or
         // took the descriptor before and nothing is written.
         let writable = tail_writable.lock();
-        let Some(writable) = writable.as_ref() else { return };
-        if let Err(error) = writable.write_all_at(&bytes[loaded..], loaded as u64) {
-            tracing::warn!(copy = %tail_path.display(), %error, "cannot write the debug sections of a library copy; backtraces through it will lack them");
-            let _ = writable.set_len(loaded as u64);
+        if let Some(written) = writable.as_ref() {
+            tail.write(written);
         }
-    })?;
+    }));
     Ok((file, writable))
 }
 
-/// Artifacts at least this long are hashed on more than one thread: debug
-/// builds (9-15 MB), not release ones (about 1 MB).
+/// Runs `job` on the process's one `verdant-copy-tail` thread, after the
+/// jobs before it (on the calling thread if that thread cannot be started).
+///
+/// One thread kept for every copy's tail rather than one started per copy:
+/// starting a thread cost a release reload about as much as writing a
+/// quarter of its copy, and the tails need no parallelism (they are not on
+/// any reload's path). The thread lives as long as the process; it only
+/// copies files (no user code runs on it).
+fn in_background(job: Box<dyn FnOnce() + Send>) {
+    type Jobs = std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>;
+    static JOBS: std::sync::OnceLock<Option<Jobs>> = std::sync::OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (jobs, to_run) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let started = std::thread::Builder::new().name("verdant-copy-tail".to_owned()).spawn(move || {
+            for job in to_run {
+                job();
+            }
+        });
+        started.inspect_err(|error| tracing::warn!(%error, "cannot start the thread that copies debug sections; reloads copy them themselves")).ok().map(|_| jobs)
+    });
+    match jobs {
+        Some(jobs) => {
+            if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+                job();
+            }
+        }
+        None => job(),
+    }
+}
+
+/// What a private copy still lacks after its first `loaded` bytes were
+/// written, and where it comes from.
+struct Tail {
+    /// The copy's path, for the log.
+    copy: PathBuf,
+    loaded: usize,
+    from: From,
+}
+
+enum From {
+    /// The whole artifact was read: these bytes, from `loaded` on.
+    Bytes(Vec<u8>),
+    /// Only the loaded part was read: the rest is in the artifact.
+    Artifact(Rest),
+}
+
+impl Tail {
+    /// Writes the tail into `copy` (the writable descriptor); cuts the copy
+    /// after its loaded part if that fails or the artifact changed
+    /// meanwhile, so that it never holds the debug sections of another build.
+    fn write(&self, copy: &File) {
+        use std::os::unix::fs::FileExt;
+        let written = match &self.from {
+            From::Bytes(bytes) => copy.write_all_at(&bytes[self.loaded..], self.loaded as u64),
+            From::Artifact(rest) => copy_rest(rest, copy),
+        };
+        if let Err(error) = written {
+            tracing::warn!(copy = %self.copy.display(), %error, "cannot write the debug sections of a library copy; backtraces through it will lack them");
+            let _ = copy.set_len(self.loaded as u64);
+        }
+    }
+}
+
+/// Copies the part of the artifact that was not read into `copy`, at the
+/// same offset, inside the kernel (`std::io::copy` of two files is
+/// `copy_file_range` on Linux, or `sendfile`). Fails if the artifact is not
+/// the one read any more: its stamp changed (written in place), it is
+/// shorter, or its section headers are other bytes than those validated.
+fn copy_rest(rest: &Rest, copy: &File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let changed = |what: &str| std::io::Error::other(format!("the artifact changed while it was copied: {what}"));
+    let (from, to) = rest.range;
+    let mut source = &rest.source;
+    source.seek(SeekFrom::Start(from))?;
+    let mut target = copy;
+    target.seek(SeekFrom::Start(from))?;
+    let copied = std::io::copy(&mut source.take(to - from), &mut target)?;
+    if copied != to - from {
+        return Err(changed("it is shorter"));
+    }
+    if FileStamp::of(&rest.source.metadata()?) != rest.stamp {
+        return Err(changed("it was written again"));
+    }
+    let (offset, validated) = &rest.section_headers;
+    let mut headers = vec![0; validated.len()];
+    rest.source.read_exact_at(&mut headers, *offset)?;
+    if &headers != validated {
+        return Err(changed("other section headers"));
+    }
+    Ok(())
+}
+
+/// Loaded parts (or artifacts read whole) at least this long are hashed on
+/// more than one thread: a large library's, not the 1 MB or so of a
+/// typical one, release or debug ([`read_artifact`] reads no debug section).
 ///
 /// Measured on two cores (BLAKE3 with AVX2, best of 30). With a core to
 /// spare, one thread hashes 2 MiB in 0.54 ms, 4 MiB in 1.15 ms, 8.9 MB in
@@ -241,8 +391,9 @@ const HASH_THREADS: usize = 4;
 /// The BLAKE3 hash of an artifact's bytes, the very value of
 /// [`ContentHash::of`], computed on several threads when it is long.
 ///
-/// A debug build of a library is 9-15 MB, and hashing it on one core took
-/// more of a debug reload than any other step. BLAKE3 is a tree: the bytes
+/// When reloads read whole debug builds (9-15 MB), hashing them on one core
+/// took more of a debug reload than any other step; a large library's
+/// loaded part can be as long. BLAKE3 is a tree: the bytes
 /// are cut into the subtrees the tree itself has (`left_subtree_len`, at most
 /// [`HASH_PIECE`] long), the threads hash them in any order, and their
 /// chaining values are merged up the same tree. Hand-written on `blake3`'s
@@ -295,112 +446,76 @@ pub(crate) fn content_hash(bytes: &[u8]) -> ContentHash {
     ContentHash(root)
 }
 
-/// Reads `file` (just opened: at its start), which `fstat` said is `size`
-/// bytes long, and hashes it ([`content_hash`]): the bytes and their hash.
+/// How many first bytes of an artifact [`read_artifact`] reads to find its
+/// layout: the ELF header and the program header table, which linkers put
+/// at the start.
+const LAYOUT_PROBE: u64 = 64 * 1024;
+
+/// Reads the artifact `file` (whose stamp is `stamp`) and hashes what it
+/// read: the bytes, their [`ContentHash`], and the [`Rest`] not read.
 ///
-/// A long file is hashed while it is read: the bytes are read into their
-/// final buffer piece by piece ([`tree_pieces`]), and each piece read is
-/// handed to a hashing thread at once, so that reading the next pieces and
-/// hashing the first ones overlap (8.9 MB: reading takes about half as long
-/// as hashing on one core). The reader hashes what is left once it has read
-/// everything. The file is read, not mapped: a file that cargo truncates
-/// while it is mapped raises SIGBUS in whoever reads the mapping, and the
-/// bytes must be the private copy's too. A file whose length changed
-/// meanwhile (a build writing it) is read to its end whatever that is, and
-/// its bytes hashed again, whole: the hash is always that of the bytes
-/// returned, which validation then checks.
-fn read_and_hash(file: &mut File, size: usize) -> std::io::Result<(Vec<u8>, ContentHash)> {
-    use std::io::Read;
-    let threads = hash_threads();
-    if size < PARALLEL_HASH_MIN || threads < 2 {
-        // One byte more than the size, so that the read that finds the end
-        // of the file needs no second allocation (as `std::fs::read`).
-        let mut bytes = Vec::with_capacity(size.saturating_add(1));
-        file.read_to_end(&mut bytes)?;
-        let hash = content_hash(&bytes);
-        return Ok((bytes, hash));
-    }
-    let mut pieces = Vec::new();
-    tree_pieces(size, 0, &mut pieces);
-    // Zeroed pages from the allocator cost nothing until the read writes them.
-    let mut bytes = vec![0u8; size];
-    let mut cvs = vec![[0u8; blake3::OUT_LEN]; pieces.len()];
-    // How much of `bytes` was read, and the first error. The channel (it
-    // borrows `bytes`) ends with this block.
-    let (read, failed) = {
-        let (ready, to_hash) = std::sync::mpsc::channel::<(usize, &[u8])>();
-        // Every thread takes pieces from the one receiver; the lock is held only
-        // to receive. Receiving ends once the reader dropped `ready` and every
-        // piece was taken.
-        let to_hash = parking_lot::Mutex::new(to_hash);
-        std::thread::scope(|scope| {
-            let hash_pieces = || {
-                use blake3::hazmat::HasherExt;
-                let mut done = Vec::new();
-                loop {
-                    let next = to_hash.lock().recv();
-                    let Ok((index, piece)) = next else { return done };
-                    let (offset, _) = pieces[index];
-                    let cv = blake3::Hasher::new().set_input_offset(offset as u64).update(piece).finalize_non_root();
-                    done.push((index, cv));
-                }
-            };
-            let helpers: Vec<_> = (1..threads)
-                .filter_map(|_| {
-                    std::thread::Builder::new().name("verdant-hash".to_owned()).spawn_scoped(scope, hash_pieces).ok()
-                })
-                .collect();
-            let mut rest: &mut [u8] = &mut bytes;
-            let mut read = 0;
-            let mut failed = None;
-            for (index, &(_, len)) in pieces.iter().enumerate() {
-                let (piece, after) = std::mem::take(&mut rest).split_at_mut(len);
-                rest = after;
-                if let Err(error) = file.read_exact(piece) {
-                    failed = Some(error);
-                    break;
-                }
-                read += len;
-                // The receiver lives as long as this scope: sending cannot fail.
-                let _ = ready.send((index, &*piece));
-            }
-            drop(ready);
-            let mut done = hash_pieces();
-            for helper in helpers {
-                // The helpers only hash (no user code): a panic would be a bug
-                // here, and is passed on as it is.
-                done.extend(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-            }
-            for (index, cv) in done {
-                cvs[index] = cv;
-            }
-            (read, failed)
-        })
-    };
-    match failed {
-        None => {
-            // The file may have grown since `fstat`.
-            let mut more = Vec::new();
-            file.read_to_end(&mut more)?;
-            if more.is_empty() {
-                let hash = ContentHash(merge_pieces(size, &mut cvs.iter()));
-                return Ok((bytes, hash));
-            }
-            bytes.extend_from_slice(&more);
+/// A reload reads only what `dlopen` needs and what tells a whole build:
+/// the first bytes up to the end of the last loaded segment, and the
+/// section header table, which linkers write last, at the end. The sections
+/// between (debug information, symbol tables: nine tenths of a debug build)
+/// are copied into the private copy later, from the same descriptor
+/// ([`copy_rest`]). The hash is BLAKE3 over the loaded part's BLAKE3 and
+/// the section headers: two builds with the same code, data and section
+/// layout are one version even if their debug information differs in
+/// content (the serving copy keeps its own); any other change to the file
+/// is a new version.
+///
+/// A file whose layout cannot be read this way (not ELF, another machine,
+/// truncated, no section headers) is read whole, and hashed whole
+/// (`blake3::hash` of the file): validation then says what is wrong with
+/// it. The file is read, not mapped: a file that cargo truncates while it
+/// is mapped raises SIGBUS in whoever reads the mapping.
+fn read_artifact(file: File, stamp: FileStamp) -> std::io::Result<(Vec<u8>, ContentHash, Option<Rest>)> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::FileExt;
+    let size = stamp.size;
+    // Room for the whole file, as `std::fs::read` makes (one byte more, so
+    // that the read that finds the end needs no second allocation): an
+    // allocation this large is mapped, not touched, so the part not read
+    // costs nothing. Read into the spare room, which is never zeroed first.
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1)).map_err(|error| {
+        std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("{size} bytes do not fit in memory: {error}"))
+    })?;
+    (&file).take(size.min(LAYOUT_PROBE)).read_to_end(&mut bytes)?;
+    if let Some(layout) = crate::elf::layout(&bytes, size) {
+        let loaded = usize::try_from(layout.loaded).unwrap_or(usize::MAX);
+        let (offset, len) = layout.section_headers;
+        if loaded <= bytes.len() {
+            bytes.truncate(loaded);
+        } else {
+            (&file).take(layout.loaded - bytes.len() as u64).read_to_end(&mut bytes)?;
         }
-        // Shorter than `fstat` said: the file is what was read of it, and
-        // the rest of the last piece (which `read_exact` left unspecified),
-        // read again from where the whole pieces end.
-        Some(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-            use std::io::Seek;
-            bytes.truncate(read);
-            file.seek(std::io::SeekFrom::Start(read as u64))?;
-            file.read_to_end(&mut bytes)?;
+        let mut section_headers = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+        match file.read_exact_at(&mut section_headers, offset) {
+            Ok(()) if bytes.len() == loaded => {
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(&content_hash(&bytes).0).update(&section_headers);
+                let hash = ContentHash(*hasher.finalize().as_bytes());
+                let rest = (layout.loaded < size).then_some(Rest {
+                    source: file,
+                    stamp,
+                    range: (layout.loaded, size),
+                    section_headers: (offset, section_headers),
+                });
+                return Ok((bytes, hash, rest));
+            }
+            // Shorter than `fstat` said (being written): read whole.
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(error) => return Err(error),
         }
-        Some(error) => return Err(error),
+        bytes.clear();
+        (&file).seek(std::io::SeekFrom::Start(0))?;
     }
+    (&file).read_to_end(&mut bytes)?;
     let hash = content_hash(&bytes);
-    Ok((bytes, hash))
+    Ok((bytes, hash, None))
 }
 
 /// How many threads hash one long artifact.
@@ -756,7 +871,7 @@ mod tests {
 
     /// Writes `bytes` as copy `name` in `dir`, the way the pipeline does.
     fn copy(dir: &Path, name: &str, bytes: &[u8]) -> PrivateCopy {
-        System.copy(dir, name, bytes.to_vec(), bytes.len()).expect("write the copy")
+        System.copy(dir, name, bytes.to_vec(), bytes.len(), None).expect("write the copy")
     }
 
     /// The inodes of the files this process maps, from `/proc/self/maps`.
@@ -798,21 +913,88 @@ mod tests {
         }
     }
 
+    /// `bytes` written to a new file in `dir`, read as a reload reads it.
+    fn read(dir: &Path, name: &str, bytes: &[u8]) -> (Vec<u8>, ContentHash, Option<Rest>) {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write the artifact");
+        read_path(&path)
+    }
+
+    fn read_path(path: &Path) -> (Vec<u8>, ContentHash, Option<Rest>) {
+        let file = File::open(path).expect("open the artifact");
+        let stamp = FileStamp::of(&file.metadata().expect("fstat"));
+        read_artifact(file, stamp).expect("read the artifact")
+    }
+
     #[test]
-    fn a_file_read_while_hashed_gives_its_bytes_and_their_hash_even_if_its_length_changed() {
-        let len = PARALLEL_HASH_MIN + 3 * HASH_PIECE + 4321;
-        let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(17) ^ (i >> 12)) as u8).collect();
+    fn a_library_is_read_up_to_its_loaded_part_and_hashed_with_its_section_headers() {
+        let whole = fixture_bytes("good_v1");
+        let loaded = crate::elf::validate(&whole).expect("a valid library");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (bytes, hash, rest) = read(dir.path(), "v1.so", &whole);
+        assert!(bytes == whole[..loaded], "the loaded part, nothing more");
+        let rest = rest.expect("a debug build has sections past its loaded part");
+        assert_eq!(rest.range, (loaded as u64, whole.len() as u64));
+        let (offset, headers) = &rest.section_headers;
+        assert!(headers[..] == whole[*offset as usize..*offset as usize + headers.len()]);
+        assert_eq!(System.validate(&bytes, Some(&rest)).expect("valid"), loaded);
+
+        // A byte of the debug sections (between the loaded part and the
+        // section headers) is not part of the version; a byte of the code or
+        // of the section headers is.
+        let changed = |at: usize| {
+            let mut other = whole.clone();
+            other[at] ^= 0x55;
+            read(dir.path(), &format!("changed-{at}.so"), &other).1
+        };
+        assert_eq!(changed((loaded + *offset as usize) / 2), hash, "debug information alone");
+        assert_ne!(changed(loaded - 100), hash, "the loaded part");
+        assert_ne!(changed(*offset as usize + 70), hash, "the section headers");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_whole_library_is_read_whole_and_hashed_whole() {
+        let whole = fixture_bytes("good_v1");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+        // Cut anywhere after the loaded part: the section headers are gone.
+        for (name, bytes) in [("truncated", &whole[..whole.len() - 10]), ("garbage", &garbage[..]), ("empty", &[][..])]
+        {
+            let (read, hash, rest) = read(dir.path(), name, bytes);
+            assert!(rest.is_none(), "{name}: read whole");
+            assert!(read == bytes, "{name}: its bytes");
+            assert_eq!(hash, ContentHash::of(bytes), "{name}: hashed whole");
+        }
+        let (read, _, rest) = read(dir.path(), "truncated.so", &whole[..whole.len() - 10]);
+        let error = System.validate(&read, rest.as_ref()).expect_err("refused");
+        assert!(matches!(error, LoadError::Truncated { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn the_rest_of_an_artifact_rewritten_in_place_is_not_copied() {
+        let whole = fixture_bytes("good_v1");
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("artifact.so");
-        std::fs::write(&path, &bytes).expect("write the file");
-        // `size` is what `fstat` said; a build that writes the file between
-        // the `fstat` and the read makes it longer or shorter than that.
-        for size in [len, len + HASH_PIECE, len - HASH_PIECE, PARALLEL_HASH_MIN, 0] {
-            let mut file = File::open(&path).expect("open the file");
-            let (read, hash) = read_and_hash(&mut file, size).expect("read and hash");
-            assert!(read == bytes, "size {size}: other bytes");
-            assert_eq!(hash, ContentHash::of(&bytes), "size {size}");
-        }
+        std::fs::write(&path, &whole).expect("write the artifact");
+        let (bytes, _, rest) = read_path(&path);
+        let loaded = System.validate(&bytes, rest.as_ref()).expect("valid");
+        // Written again in place (same inode) between the read and the copy.
+        let mut other = whole.clone();
+        let middle = (loaded + whole.len()) / 2;
+        other[middle] ^= 0xff;
+        std::fs::write(&path, &other).expect("rewrite in place");
+        let copy = System.copy(dir.path(), "copy.so", bytes, loaded, rest).expect("write the copy");
+        // The tail is written on a thread of its own; it gives up, and the
+        // copy ends with its loaded part.
+        let cut = (0..400).any(|_| {
+            if std::fs::metadata(&copy.path).is_ok_and(|m| m.len() == loaded as u64) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            false
+        });
+        assert!(cut, "the copy was not cut after its loaded part");
+        assert!(std::fs::read(&copy.path).expect("read the copy") == whole[..loaded]);
     }
 
     #[test]
@@ -835,11 +1017,20 @@ mod tests {
     #[test]
     fn a_copy_is_opened_before_its_debug_sections_are_written_and_ends_up_whole() {
         let bytes = fixture_bytes("good_v1");
-        let loaded = crate::elf::validate(&bytes).expect("a valid library");
-        assert!(loaded <= bytes.len());
         let dir = tempfile::tempdir().expect("temp dir");
-        let written =
-            System.copy(dir.path(), "probe-1-000000000001.so", bytes.clone(), loaded).expect("write the copy");
+        for (name, whole) in [("read-whole", true), ("read-in-part", false)] {
+            let (read, _, rest) = read(dir.path(), &format!("{name}.so"), &bytes);
+            assert!(rest.is_some(), "a debug build is read in part");
+            let (read, rest) = if whole { (bytes.clone(), None) } else { (read, rest) };
+            let loaded = System.validate(&read, rest.as_ref()).expect("a valid library");
+            assert!(loaded < bytes.len());
+            let written =
+                System.copy(dir.path(), &format!("probe-{name}.so"), read, loaded, rest).expect("write the copy");
+            assert_copy_becomes_whole(written, &bytes);
+        }
+    }
+
+    fn assert_copy_becomes_whole(written: PrivateCopy, bytes: &[u8]) {
         let path = written.path.clone();
         let library = System.open(written).expect("open the copy before its tail is written");
         assert_eq!(library.identity().package, "fixture-good-v1");

@@ -25,10 +25,10 @@ fn stages_failing_at(fail: Step, error: LoadError) -> MockStages {
         .returning(move |path, serving| read_at(Step::Read).map_or_else(|| System.read(path, serving), Err));
     let validate_at = at.clone();
     mock.expect_validate()
-        .returning(move |bytes| validate_at(Step::Validate).map_or_else(|| System.validate(bytes), Err));
+        .returning(move |bytes, rest| validate_at(Step::Validate).map_or_else(|| System.validate(bytes, rest), Err));
     let copy_at = at.clone();
-    mock.expect_copy().returning(move |dir, name, bytes, loaded| {
-        copy_at(Step::Copy).map_or_else(|| System.copy(dir, name, bytes, loaded), Err)
+    mock.expect_copy().returning(move |dir, name, bytes, loaded, rest| {
+        copy_at(Step::Copy).map_or_else(|| System.copy(dir, name, bytes, loaded, rest), Err)
     });
     mock.expect_open().returning(move |copy| at(Step::Open).map_or_else(|| System.open(copy), Err));
     mock

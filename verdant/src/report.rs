@@ -46,8 +46,19 @@ impl Trigger {
 /// A BLAKE3 hash of a library artifact's content: what tells a rebuilt
 /// library from one that did not change, shown as its first 12 hex digits.
 ///
+/// For a library, the hash covers what is loaded and the file's layout, not
+/// its debug information: it is BLAKE3 over the BLAKE3 of the file's first
+/// bytes up to the end of its last loaded segment, followed by its section
+/// header table. A reload reads only those parts before it loads the
+/// library (nine tenths of a debug build are debug sections, which the
+/// private copy gets afterwards). So it is not the `b3sum` of the file, and
+/// two builds that differ only in the content of their debug sections (same
+/// code, same sizes) are one version; the serving copy keeps its own debug
+/// information. A file that is not a whole library (refused anyway) is
+/// hashed whole, as [`ContentHash::of`].
+///
 /// BLAKE3 rather than SHA-256 because every reload of a changed file hashes
-/// all of it, in the embedder's build of this crate, whatever that build's
+/// it, in the embedder's build of this crate, whatever that build's
 /// profile: the `blake3` crate's compression loops are assembly on x86-64
 /// (and intrinsics elsewhere), so an unoptimised debug build hashes at about
 /// two thirds of release speed, where unoptimised SHA-256 took ~1 s for a

@@ -220,10 +220,10 @@ fn load(
     let read = timed(entry, steps, Step::Read, || {
         Ok(match inner.stages.read(&entry.path, serving_stamp)? {
             Artifact::Same => None,
-            Artifact::Read { stamp, bytes, hash } => Some((stamp, bytes, hash)),
+            Artifact::Read { stamp, bytes, hash, rest } => Some((stamp, bytes, hash, rest)),
         })
     })?;
-    let Some((stamp, bytes, hash)) = read else {
+    let Some((stamp, bytes, hash, rest)) = read else {
         let current = keep(&current).expect("a stamp was compared, so a version serves");
         tracing::info!(version = %current.info, "unchanged (same file)");
         return Ok(Loaded::Unchanged(current));
@@ -239,9 +239,9 @@ fn load(
         tracing::info!(version = %current.info, "unchanged");
         return Ok(Loaded::Unchanged(current));
     }
-    let loaded = timed(entry, steps, Step::Validate, || inner.stages.validate(&bytes))?;
+    let loaded = timed(entry, steps, Step::Validate, || inner.stages.validate(&bytes, rest.as_ref()))?;
     let copy = timed(entry, steps, Step::Copy, || {
-        inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), bytes, loaded)
+        inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), bytes, loaded, rest)
     })?;
     let copy_path = copy.path.clone();
     let library = timed(entry, steps, Step::Open, || {
