@@ -11,8 +11,12 @@
 //!
 //! - `io_floor`: `std::fs::read` of the artifact and `std::fs::write` of its
 //!   bytes to a new file in `$TMPDIR` (where the private copies go): what
-//!   any reload that reads the file and writes a private copy spends on I/O.
-//! - `hash`: `ContentHash::of` the artifact's bytes.
+//!   a reload that reads the whole file and writes a private copy of it
+//!   spends on I/O. A reload reads and writes less before `dlopen` (the
+//!   loaded part and the section headers; the rest is copied afterwards),
+//!   so a changed reload can take less than this floor.
+//! - `hash`: `ContentHash::of` the artifact's bytes (the whole file, more
+//!   than a reload hashes).
 //! - `reload_changed`: `reload_blocking` after a new build was installed
 //!   (good-v1 and good-v2 in turn): read, hash, validate, copy, `dlopen`,
 //!   check, attach (the fixture's hook does next to nothing), swap.
@@ -24,8 +28,9 @@
 //!
 //! The group `reload_<profile>_15mb` measures `io_floor` and
 //! `reload_changed` again with both builds padded to 15 MiB (bytes appended
-//! after the section headers, as longer debug sections would be): the cost
-//! of reading, hashing and copying a 15 MB debug library.
+//! after the section headers, as longer debug sections would be): what a
+//! 15 MB debug library costs a reload (the padding, like debug sections, is
+//! copied after the load).
 //!
 //! `reload_<profile>_spaced` (printed, not a criterion group) runs first:
 //! 40 changed reloads 50 ms apart, each with the I/O floor of the same
