@@ -500,6 +500,14 @@ impl PinCells {
         PinCells::with_pool(id, release, free_cells())
     }
 
+    /// The cells of a new slot. Under loom, whose locks are not `const`
+    /// (no static pool), from a pool of its own: the models build their
+    /// slots with [`with_pool`](Self::with_pool), handles are not modelled.
+    #[cfg(verdant_loom)]
+    pub(crate) fn new(id: u64, release: Release) -> PinCells {
+        PinCells::with_pool(id, release, Box::leak(Box::new(FreeCells::new())))
+    }
+
     /// The cells of a new slot, from `pool`.
     pub(crate) fn with_pool(id: u64, release: Release, pool: &'static FreeCells) -> PinCells {
         PinCells { id, current: AtomicPtr::new(ptr::null_mut()), cells: Mutex::new(Vec::new()), release, pool }
@@ -726,13 +734,15 @@ mod local {
 
 pub(crate) use local::{cached, cell, token};
 
-/// The model check of the protocol (`scripts/loom`): an owner thread pins
-/// and unpins (and hands one pin to another thread, which drops it), while a
-/// reloader stores a new version. Checked in every interleaving: no pin
+/// The model checks of the protocol (`scripts/loom`). `loom_pin_cache`: an
+/// owner thread pins and unpins (and hands one pin to another thread, which
+/// drops it), while a reloader stores a new version. Checked in every interleaving: no pin
 /// runs on a version whose reference is gone; `status()`'s count of pins on
 /// the old version (strong count − caching cells + their pins) is never
 /// below the pins really held; once every pin is dropped and the store
 /// returned, the old version is freed (no cell keeps it).
+/// `loom_pin_cache_slot_drop`: a slot dropped while its cell has pins in
+/// flight, against their drops and the cell's reuse (invariants 5 and 7).
 #[cfg(all(test, verdant_loom))]
 mod model {
     use super::*;
@@ -761,7 +771,16 @@ mod model {
         cells: PinCells,
     }
 
+    /// A pool of cells of the model's own (one per execution).
+    fn pool() -> &'static FreeCells {
+        Box::leak(Box::new(FreeCells::new()))
+    }
+
     impl Slot {
+        fn new(id: u64, pool: &'static FreeCells) -> Slot {
+            Slot { current: Mutex::new(None), cells: PinCells::with_pool(id, release, pool) }
+        }
+
         /// `get()`: the fast pin, else the slow path.
         fn get(&self, cell: &'static PinCell) -> Pin {
             if let Some(version) = cell.pin(&self.cells) {
@@ -862,7 +881,7 @@ mod model {
             let (v2, v2_ptr, v2_alive) = version();
             let versions = Arc::new(Versions { v1: (v1_ptr, v1_alive.clone()), v2: (v2_ptr, v2_alive) });
             let v1_weak = Arc::downgrade(&v1);
-            let slot = loom::sync::Arc::new(Slot { current: Mutex::new(None), cells: PinCells::new(1, release) });
+            let slot = loom::sync::Arc::new(Slot::new(1, pool()));
             slot.store(v1);
             let cell = slot.cells.cell_for(1);
             // A warm cache, and a pin that moves to another thread.
@@ -906,8 +925,89 @@ mod model {
             let pin = slot.get(cell);
             assert_eq!(pin.ptr(), v2_ptr);
             pin.drop_on(true);
-            cell.give_up();
+            cell.give_up(1, 1);
             drop(slot.store_none());
+        });
+    }
+
+    /// A slot dropped while pins of its cell are in flight (a `Pinned` may
+    /// outlive its slot): one dropped by the owner, one moved to another
+    /// thread and dropped there, while the owner takes a cell for a new
+    /// slot (the freed one if it is free by then). Checked: no call runs on
+    /// a dropped version; the retired version is freed once its pins are
+    /// gone; the cell is freed exactly once (every cell ends on the free
+    /// list, and a later slot allocates none); the owner's exit gives up
+    /// only the cell it still owns. Twice: with the slot's store
+    /// of "none" before its cells are dropped (what `Slot`'s drop does), and
+    /// without (the cells' own drop then marks them stale, and its second
+    /// look after `heavy()` is what frees a cell whose last pin missed it).
+    #[test]
+    fn loom_pin_cache_slot_drop() {
+        slot_drop_model(true);
+        slot_drop_model(false);
+    }
+
+    fn slot_drop_model(store_none_first: bool) {
+        // Bounded as `loom_pin_cache` (both variants ~8 s in release).
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = builder.preemption_bound.or(Some(4));
+        builder.check(move || {
+            let pool = pool();
+            let (v1, v1_ptr, v1_alive) = version();
+            let (v2, v2_ptr, v2_alive) = version();
+            let versions = Arc::new(Versions { v1: (v1_ptr, v1_alive.clone()), v2: (v2_ptr, v2_alive.clone()) });
+            let slot = Slot::new(1, pool);
+            slot.store(v1);
+            let cell = slot.cells.cell_for(1);
+            let mine = slot.get(cell);
+            let moved = slot.get(cell);
+            assert_eq!((mine.ptr(), moved.ptr()), (v1_ptr, v1_ptr));
+
+            // The registry drops the slot: its version goes, then its cells.
+            let dropper = loom::thread::spawn(move || {
+                if store_none_first {
+                    drop(slot.store_none());
+                }
+                drop(slot);
+            });
+            let remote = {
+                let versions = versions.clone();
+                loom::thread::spawn(move || {
+                    versions.call(&moved);
+                    moved.drop_on(false);
+                })
+            };
+
+            // The owner: its pin, then a new slot's cell and a call on it.
+            versions.call(&mine);
+            mine.drop_on(true);
+            dropper.join().unwrap();
+            let slot2 = Slot::new(2, pool);
+            slot2.store(v2);
+            let cell2 = slot2.cells.cell_for(1);
+            let pin = slot2.get(cell2);
+            assert_eq!(pin.ptr(), v2_ptr);
+            versions.call(&pin);
+            pin.drop_on(true);
+            remote.join().unwrap();
+
+            assert!(!v1_alive.load(Ordering::SeqCst), "a dropped slot's version outlived its pins");
+            assert!(pool.allocated() <= 2);
+            // The owner exits (invariant 7): its entry of the dropped slot
+            // leaves the cell alone, whoever it serves now (maybe `cell2`).
+            cell.give_up(1, 1);
+            assert!(cell2.is_owner(1), "a stale entry gave up a rebound cell");
+            cell2.give_up(2, 1);
+            assert!(!cell2.is_owner(1));
+            drop(slot2.store_none());
+            drop(slot2);
+            assert!(!v2_alive.load(Ordering::SeqCst), "a dropped slot's version outlived its pins");
+            assert_eq!(pool.free(), pool.allocated(), "a cell was lost, or freed twice");
+            // A later slot recycles a cell rather than allocating one.
+            let allocated = pool.allocated();
+            let slot3 = Slot::new(3, pool);
+            let _cell = slot3.cells.cell_for(1);
+            assert_eq!(pool.allocated(), allocated);
         });
     }
 }
