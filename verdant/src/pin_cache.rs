@@ -149,7 +149,16 @@ fn fence() {
 pub(crate) type Release = unsafe fn(*const ());
 
 /// One thread's cache of one slot. See the module's invariants.
+///
+/// `repr(C)`, in this order: the remote releases on a line of their own, and
+/// what the fast path touches (`acquired`, `released_local`, `version`,
+/// `owner`, `stale`) together on the next one; left to itself the compiler
+/// put `stale` on a third line once the binding grew.
+#[repr(C)]
 pub(crate) struct PinCell {
+    /// Pins dropped on other threads; on a line of its own, so that they do
+    /// not disturb the owner's counters.
+    released_remote: Padded,
     /// Pins made (owner only: invariant 1).
     acquired: AtomicUsize,
     /// Pins dropped on the owner thread, and failed fast pins (owner only).
@@ -157,19 +166,16 @@ pub(crate) struct PinCell {
     /// The cached version (`Arc::into_raw`), or null. Changed only under
     /// `lock`.
     version: AtomicPtr<()>,
-    /// The cached version stopped serving while pins were in flight: the
-    /// last one releases it (invariant 4). Changed only under `lock`.
-    stale: AtomicBool,
     /// The owner thread's token ([`token`]); 0 while no thread owns it.
     /// Changed only under `lock`, by the owner (to 0), an adopter, or when
     /// the cell is freed or bound (invariant 5).
     owner: AtomicUsize,
+    /// The cached version stopped serving while pins were in flight: the
+    /// last one releases it (invariant 4). Changed only under `lock`.
+    stale: AtomicBool,
     /// Which slot the cell serves, and the slow-path changes of `version`,
     /// `stale` and `owner`.
     lock: Mutex<Binding>,
-    /// Pins dropped on other threads; on a line of its own, so that they do
-    /// not disturb the owner's counters.
-    released_remote: Padded,
     /// The free list the cell goes back to (invariant 5; immutable).
     pool: &'static FreeCells,
 }
@@ -568,13 +574,13 @@ impl PinCells {
                 // Never freed: invariant 5.
                 let binding = Binding { slot: self.id, release: self.release, orphaned: false };
                 Box::leak(Box::new(PinCell {
+                    released_remote: Padded(AtomicUsize::new(0)),
                     acquired: AtomicUsize::new(0),
                     released_local: AtomicUsize::new(0),
                     version: AtomicPtr::new(ptr::null_mut()),
-                    stale: AtomicBool::new(false),
                     owner: AtomicUsize::new(token),
+                    stale: AtomicBool::new(false),
                     lock: Mutex::new(binding),
-                    released_remote: Padded(AtomicUsize::new(0)),
                     pool: self.pool,
                 }))
             }
@@ -1009,5 +1015,28 @@ mod model {
             let _cell = slot3.cells.cell_for(1);
             assert_eq!(pool.allocated(), allocated);
         });
+    }
+}
+/// The layout the fast path relies on.
+#[cfg(all(test, not(verdant_loom)))]
+mod tests {
+    use std::mem::offset_of;
+
+    use super::PinCell;
+
+    /// What a fast pin and its drop touch is on one cache line, and not on
+    /// the remote releases' line.
+    #[test]
+    fn the_fast_path_touches_one_cache_line() {
+        let line = offset_of!(PinCell, acquired) / 64;
+        for (field, offset) in [
+            ("released_local", offset_of!(PinCell, released_local)),
+            ("version", offset_of!(PinCell, version)),
+            ("owner", offset_of!(PinCell, owner)),
+            ("stale", offset_of!(PinCell, stale)),
+        ] {
+            assert_eq!(offset / 64, line, "{field} is not on `acquired`'s line");
+        }
+        assert_ne!(offset_of!(PinCell, released_remote) / 64, line);
     }
 }
