@@ -22,7 +22,8 @@
 //!    Its strong reference is dropped only under the cell's lock, by
 //!    whoever sees the cell's pins at zero *and* the version not current:
 //!    the reloader's walk, the last pin's drop of a stale cell, the owner's
-//!    slow path (repointing) or the owner's exit.
+//!    slow path (repointing), the owner's exit, or the drop of the slot's
+//!    cells.
 //! 3. **No new call gets a retired version after `reload()` returned.** A
 //!    fast pin increments `acquired`, runs `membarrier::light()`, then
 //!    compares the cached pointer with [`PinCells::current`]; only an equal,
@@ -89,7 +90,7 @@
 //! - A thread whose cell has pins on a retired version (a long request
 //!   across a reload) pins every new `get()` through arc-swap's
 //!   `load_full` (an atomic increment) until those pins are dropped.
-//! - A cell is about 200 bytes, one per thread and slot alive, never given
+//! - A cell is 192 bytes, one per thread and slot alive, never given
 //!   back to the allocator: an exited thread's cells serve the next threads
 //!   of the slot, and a dropped slot's cells (once their pins are gone) any
 //!   thread of any later slot. Dropping a slot locks each of its cells once
@@ -228,7 +229,8 @@ impl FreeCells {
 static FREE_CELLS: FreeCells =
     FreeCells { free: Mutex::new(Vec::new()), allocated: std::sync::atomic::AtomicUsize::new(0) };
 
-/// The process's pool of cells (for the test-only count of allocated cells).
+/// The process's pool of cells: every slot's, and what the test-only count
+/// of allocated cells reads.
 #[cfg(not(verdant_loom))]
 pub(crate) fn free_cells() -> &'static FreeCells {
     &FREE_CELLS
@@ -244,8 +246,8 @@ impl Drop for Freed {
     }
 }
 
-/// A release function for a cell that caches nothing (a new or free cell's
-/// binding): never called with a reference.
+/// The release function of a free cell's binding: a free cell caches
+/// nothing, so it is never called with a reference.
 unsafe fn release_nothing(_: *const ()) {}
 
 impl PinCell {
