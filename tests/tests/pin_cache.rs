@@ -7,14 +7,18 @@
 //! - after every one of many reloads, every thread's next `get()` serves the
 //!   new generation, while the retired ones detach once their pins are gone;
 //! - a thread that cached a version and exited keeps nothing alive, and its
-//!   cell serves the next thread.
+//!   cell serves the next thread;
+//! - the cells of a dropped registry's slots serve later slots: the cells
+//!   ever allocated stop growing however many registries come and go, and a
+//!   version cached by a thread that never calls again still detaches when
+//!   its slot goes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 
 use fixture_api::{Probe, Shared};
-use verdant::{DetachState, Outcome, Pinned, Verdant};
-use verdant_tests::{attached, poll_until, Artifact};
+use verdant::{DetachState, Handle, Outcome, Pinned, Verdant};
+use verdant_tests::{attached, eventually, poll_until, Artifact};
 
 /// `(in flight, detach)` of every retired version of the probe.
 fn retired(verdant: &Verdant) -> Vec<(usize, DetachState)> {
@@ -181,4 +185,134 @@ fn a_thread_that_exited_keeps_no_version_and_its_cell_serves_the_next() {
     let probe2 = probe.clone();
     let generation = std::thread::spawn(move || probe2.get().expect("get").generation()).join().expect("thread");
     assert_eq!(generation, 2);
+}
+
+/// What a long-lived worker thread is asked to do with a handle.
+enum Work {
+    /// Call a few times, keep one pin and report its generation.
+    Pin(Handle<dyn Probe>),
+    /// Call a few times and send one pin back (dropped by the main thread).
+    Hand(Handle<dyn Probe>),
+    /// Drop the pin kept.
+    Unpin,
+}
+
+/// A worker thread that lives across every registry of a test: its
+/// thread-local entries of dropped slots must never make it use or give up a
+/// cell rebound since.
+fn worker(work: mpsc::Receiver<Work>, done: mpsc::Sender<Option<Pinned<dyn Probe>>>) {
+    let mut kept = None;
+    for work in work {
+        match work {
+            Work::Pin(probe) => {
+                (0..3).for_each(|_| assert_eq!(probe.get().expect("get").version(), 1));
+                kept = Some(probe.get().expect("get"));
+                done.send(None).expect("main");
+            }
+            Work::Hand(probe) => {
+                (0..3).for_each(|_| assert_eq!(probe.get().expect("get").version(), 1));
+                done.send(Some(probe.get().expect("get"))).expect("main");
+            }
+            Work::Unpin => {
+                kept = None;
+                done.send(None).expect("main");
+            }
+        }
+    }
+    drop(kept);
+}
+
+/// Many registries, one after the other, each called from the main thread,
+/// two long-lived workers (one keeping a pin past the registry's drop, one
+/// handing a pin to the main thread, dropped there after the registry) and
+/// a thread of its own: the cells ever allocated stop growing (each
+/// registry's are recycled for the next), and every version detaches.
+#[test]
+fn cells_of_dropped_slots_serve_later_slots() {
+    const REGISTRIES: u64 = 50;
+    let artifact = Artifact::new("good-v1");
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (to_worker, work) = mpsc::channel();
+            let (done, from_worker) = mpsc::channel();
+            (to_worker, from_worker, std::thread::spawn(move || worker(work, done)))
+        })
+        .collect();
+    let mut allocated = Vec::new();
+    for round in 0..REGISTRIES {
+        let (verdant, shared, probe) = attached(&artifact);
+        workers[0].0.send(Work::Pin(probe.clone())).expect("worker");
+        assert!(workers[0].1.recv().expect("worker").is_none());
+        workers[1].0.send(Work::Hand(probe.clone())).expect("worker");
+        let handed = workers[1].1.recv().expect("worker").expect("a pin");
+        let own = probe.clone();
+        std::thread::spawn(move || assert_eq!(own.get().expect("get").version(), 1)).join().expect("thread");
+        drop(probe);
+        drop(verdant);
+        // Both pins outlive their slot; dropped on the owner and on another
+        // thread.
+        assert_eq!(handed.version(), 1);
+        drop(handed);
+        workers[0].0.send(Work::Unpin).expect("worker");
+        assert!(workers[0].1.recv().expect("worker").is_none());
+        poll_until_detached(&shared, round);
+        allocated.push(verdant::__private::pin_cells_allocated());
+    }
+    for (to_worker, _, thread) in workers {
+        drop(to_worker);
+        thread.join().expect("worker");
+    }
+    // Four threads call each registry: four cells would do; a registry
+    // dropped while a drop elsewhere still runs may take a few more, once.
+    let last = *allocated.last().expect("rounds");
+    assert!(last <= 8, "{last} cells for {REGISTRIES} registries of 4 threads each: {allocated:?}");
+    assert_eq!(allocated[9], last, "still growing after 10 registries: {allocated:?}");
+}
+
+/// Polls until the one instance of a registry's probe detached.
+fn poll_until_detached(shared: &Shared, round: u64) {
+    assert!(eventually(|| detaches_of(shared, 1) == 1), "round {round}: v1 never detached: {:?}", shared.detached());
+}
+
+/// A thread that cached a version (one call, pin dropped) and one that still
+/// holds a pin when the registry is dropped, neither calling again: the
+/// version detaches once the pin is gone, and their cells are recycled.
+#[test]
+fn a_version_cached_by_a_dropped_slot_detaches_without_another_call() {
+    let artifact = Artifact::new("good-v1");
+    let (verdant, shared, probe) = attached(&artifact);
+    let (to_caller, wait) = mpsc::channel::<()>();
+    let (called, from_caller) = mpsc::channel::<()>();
+    // Calls once, pins once more, then waits, alive, without calling again.
+    let caller = {
+        let probe = probe.clone();
+        std::thread::spawn(move || {
+            assert_eq!(probe.get().expect("get").version(), 1);
+            let pinned = probe.get().expect("get");
+            drop(probe);
+            called.send(()).expect("main");
+            wait.recv().expect("main");
+            drop(pinned);
+            called.send(()).expect("main");
+            // Alive, cell still listed, until the main thread is done.
+            let _ = wait.recv();
+        })
+    };
+    from_caller.recv().expect("caller");
+    let before = verdant::__private::pin_cells_allocated();
+    drop(probe);
+    drop(verdant);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(detaches_of(&shared, 1), 0, "detached while pinned");
+    to_caller.send(()).expect("caller");
+    from_caller.recv().expect("caller");
+    assert!(eventually(|| detaches_of(&shared, 1) == 1), "v1 never detached: {:?}", shared.detached());
+    // Both cells (the caller's and the main thread's) are free: a new
+    // registry called from both threads' successors takes them.
+    let (verdant, _shared, probe) = attached(&artifact);
+    std::thread::spawn(move || assert_eq!(probe.get().expect("get").version(), 1)).join().expect("thread");
+    assert_eq!(verdant::__private::pin_cells_allocated(), before, "the dropped slot's cells were not reused");
+    drop(verdant);
+    drop(to_caller);
+    caller.join().expect("caller");
 }

@@ -190,6 +190,19 @@ pub use sigpipe::SigpipeStats;
 pub use status::{LastReload, LoadableFailure, LoadableStatus, RetainedSummary, RetireReason, RetiredStatus, Status};
 pub use version::DetachState;
 
+/// What verdant's own tests look into. Not an API: public only so that the
+/// integration tests (a crate of their own) can reach it.
+#[doc(hidden)]
+pub mod __private {
+    /// How many per-thread pin cache cells the process ever allocated. Cells
+    /// are recycled, never freed, so this stays bounded by the threads times
+    /// the loadables alive at once however many registries come and go.
+    #[cfg(not(verdant_loom))]
+    pub fn pin_cells_allocated() -> usize {
+        crate::pin_cache::free_cells().allocated()
+    }
+}
+
 // What crosses the boundary is defined once, in the crate every library
 // links; the host re-exports what host code names.
 pub use verdant_loadable::boundary;

@@ -22,7 +22,8 @@
 //!    Its strong reference is dropped only under the cell's lock, by
 //!    whoever sees the cell's pins at zero *and* the version not current:
 //!    the reloader's walk, the last pin's drop of a stale cell, the owner's
-//!    slow path (repointing) or the owner's exit.
+//!    slow path (repointing), the owner's exit, or the drop of the slot's
+//!    cells.
 //! 3. **No new call gets a retired version after `reload()` returned.** A
 //!    fast pin increments `acquired`, runs `membarrier::light()`, then
 //!    compares the cached pointer with [`PinCells::current`]; only an equal,
@@ -43,17 +44,43 @@
 //!    sees `stale` and releases the reference itself, or the reloader's
 //!    re-read sees its release and takes the reference back. So a thread that
 //!    never calls again does not keep a retired version from detaching.
-//! 5. **A cell is never freed** (they are leaked, one per thread and slot it
-//!    used: a pin, the slot and the thread all reach it without a lock). A
-//!    thread that exits gives its cells up (`owner` 0, references of idle
-//!    ones released); the next thread that needs a cell of that slot adopts
-//!    one, counters and all, under the cell's lock.
+//! 5. **A cell is never freed, but it is recycled once its slot is gone**
+//!    (cells are leaked: a pin, the slot and the thread all reach one
+//!    without a lock). A thread that exits gives its cells up (`owner` 0,
+//!    references of idle ones released); the next thread that needs a cell
+//!    of that slot adopts one, counters and all, under the cell's lock. When
+//!    a slot's [`PinCells`] is dropped (its last handle, its slot and every
+//!    retired record of it are gone, so no `get()` names its id again), each
+//!    of its cells without pins gives its cached reference back and goes to
+//!    the process-wide free list ([`FreeCells`]); a cell with pins in flight
+//!    (a `Pinned` may outlive its slot) is marked `orphaned` and stale, and
+//!    whoever then sees it idle under its lock (its last pin's drop, the
+//!    drop's second look after `heavy()`, or its owner's exit) releases the
+//!    reference and frees it: the same store-buffering pair as invariant 4,
+//!    so one of them does. [`PinCells::cell_for`] takes a free cell before
+//!    allocating one, so the cells ever allocated are bounded by the threads
+//!    times the slots alive at once, not by the slots ever created.
 //! 6. **`in_flight` is exact when nothing moves**: the strong count of a
 //!    retired version counts each cell caching it once, whatever its pins;
 //!    [`PinCells::cached_pins`] gives both the number of such cells and their
 //!    pins, so `status()` subtracts the one and adds the other. It reads the
 //!    released counters before `acquired`, so a pin racing with it is counted
 //!    rather than missed.
+//! 7. **A thread reaches a cell only through its own entries `(slot id,
+//!    cell)`**, made when it got the cell for that slot (the table and
+//!    `OWNED` below), and matches them by the entry's id, never by the
+//!    cell's current slot. A cell is bound to another slot (or thread) only
+//!    after it was freed (invariant 5), when its old slot's [`PinCells`] is
+//!    gone: no `get()` names that id again (a handle keeps the slot, and so
+//!    its `PinCells`, alive; ids are never reused), so a stale entry is never
+//!    matched. A cell is freed only with no pin on it, so the owner a pin's
+//!    drop reads ([`PinCell::is_owner`]) is the one it was made under. A
+//!    pin's drop that runs on after its release was counted may find the
+//!    cell rebound: it then only reads `stale` and, if set, does under the
+//!    lock what the new binding's own last pin would do, which is sound at
+//!    any time (invariant 2). A thread's exit gives up a cell only if it is
+//!    still bound to the entry's id and owned by the thread (checked under
+//!    the cell's lock); stale entries are pruned when a new one is added.
 //!
 //! # Costs
 //!
@@ -63,8 +90,11 @@
 //! - A thread whose cell has pins on a retired version (a long request
 //!   across a reload) pins every new `get()` through arc-swap's
 //!   `load_full` (an atomic increment) until those pins are dropped.
-//! - A cell is about 200 bytes, one per thread and slot, never freed; an
-//!   exited thread's cells serve the next threads.
+//! - A cell is 192 bytes, one per thread and slot alive, never given
+//!   back to the allocator: an exited thread's cells serve the next threads
+//!   of the slot, and a dropped slot's cells (once their pins are gone) any
+//!   thread of any later slot. Dropping a slot locks each of its cells once
+//!   or twice and runs `membarrier` when one of them still has pins.
 //!
 //! Under `--cfg verdant_loom` the fences are `SeqCst` fences (what
 //! `membarrier` stands for in its formal model) and the atomics and locks are
@@ -120,7 +150,16 @@ fn fence() {
 pub(crate) type Release = unsafe fn(*const ());
 
 /// One thread's cache of one slot. See the module's invariants.
+///
+/// `repr(C)`, in this order: the remote releases on a line of their own, and
+/// what the fast path touches (`acquired`, `released_local`, `version`,
+/// `owner`, `stale`) together on the next one; left to itself the compiler
+/// put `stale` on a third line once the binding grew.
+#[repr(C)]
 pub(crate) struct PinCell {
+    /// Pins dropped on other threads; on a line of its own, so that they do
+    /// not disturb the owner's counters.
+    released_remote: Padded,
     /// Pins made (owner only: invariant 1).
     acquired: AtomicUsize,
     /// Pins dropped on the owner thread, and failed fast pins (owner only).
@@ -128,46 +167,90 @@ pub(crate) struct PinCell {
     /// The cached version (`Arc::into_raw`), or null. Changed only under
     /// `lock`.
     version: AtomicPtr<()>,
+    /// The owner thread's token ([`token`]); 0 while no thread owns it.
+    /// Changed only under `lock`, by the owner (to 0), an adopter, or when
+    /// the cell is freed or bound (invariant 5).
+    owner: AtomicUsize,
     /// The cached version stopped serving while pins were in flight: the
     /// last one releases it (invariant 4). Changed only under `lock`.
     stale: AtomicBool,
-    /// The owner thread's token ([`token`]); 0 while no thread owns it.
-    /// Changed only under `lock`, by the owner (to 0) or an adopter.
-    owner: AtomicUsize,
-    /// Slow-path changes of `version`, `stale` and `owner`.
-    lock: Mutex<()>,
-    /// Pins dropped on other threads; on a line of its own, so that they do
-    /// not disturb the owner's counters.
-    released_remote: Padded,
+    /// Which slot the cell serves, and the slow-path changes of `version`,
+    /// `stale` and `owner`.
+    lock: Mutex<Binding>,
+    /// The free list the cell goes back to (invariant 5; immutable).
+    pool: &'static FreeCells,
+}
+
+/// What a cell serves now; under the cell's lock.
+struct Binding {
+    /// The slot's id; 0 while the cell is free.
+    slot: u64,
     /// Drops the cached version's reference (the slot's `Release`).
     release: Release,
-    /// The slot's id (immutable).
-    slot: u64,
+    /// The slot's [`PinCells`] was dropped while pins were in flight: the
+    /// one that sees the cell idle frees it (invariant 5).
+    orphaned: bool,
 }
 
 #[repr(align(64))]
 struct Padded(AtomicUsize);
 
+/// The cells of dropped slots, for [`PinCells::cell_for`] to take before it
+/// allocates one (invariant 5), and how many cells were ever allocated.
+pub(crate) struct FreeCells {
+    free: Mutex<Vec<&'static PinCell>>,
+    /// Cells ever allocated from this pool (a std atomic even under loom: a
+    /// statistic, not part of the protocol).
+    allocated: std::sync::atomic::AtomicUsize,
+}
+
+impl FreeCells {
+    /// An empty pool.
+    #[cfg(verdant_loom)]
+    pub(crate) fn new() -> FreeCells {
+        FreeCells { free: Mutex::new(Vec::new()), allocated: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    /// How many cells were ever allocated (never goes down: cells are
+    /// recycled, not freed).
+    pub(crate) fn allocated(&self) -> usize {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many cells are free now.
+    #[cfg(verdant_loom)]
+    fn free(&self) -> usize {
+        lock(&self.free).len()
+    }
+}
+
+/// The process's pool of cells.
+#[cfg(not(verdant_loom))]
+static FREE_CELLS: FreeCells =
+    FreeCells { free: Mutex::new(Vec::new()), allocated: std::sync::atomic::AtomicUsize::new(0) };
+
+/// The process's pool of cells: every slot's, and what the test-only count
+/// of allocated cells reads.
+#[cfg(not(verdant_loom))]
+pub(crate) fn free_cells() -> &'static FreeCells {
+    &FREE_CELLS
+}
+
+/// A cell just freed (under its lock), pushed onto its pool when dropped,
+/// after the lock.
+struct Freed(&'static PinCell);
+
+impl Drop for Freed {
+    fn drop(&mut self) {
+        lock(&self.0.pool.free).push(self.0);
+    }
+}
+
+/// The release function of a free cell's binding: a free cell caches
+/// nothing, so it is never called with a reference.
+unsafe fn release_nothing(_: *const ()) {}
+
 impl PinCell {
-    fn new(slot: u64, owner: usize, release: Release) -> PinCell {
-        PinCell {
-            acquired: AtomicUsize::new(0),
-            released_local: AtomicUsize::new(0),
-            version: AtomicPtr::new(ptr::null_mut()),
-            stale: AtomicBool::new(false),
-            owner: AtomicUsize::new(owner),
-            lock: Mutex::new(()),
-            released_remote: Padded(AtomicUsize::new(0)),
-            release,
-            slot,
-        }
-    }
-
-    /// The slot this cell caches for.
-    pub(crate) fn slot(&self) -> u64 {
-        self.slot
-    }
-
     /// Pins in flight (invariant 1). The released counters are read first:
     /// a pin made meanwhile is counted, one dropped meanwhile may be too,
     /// but none in flight throughout is missed.
@@ -211,7 +294,7 @@ impl PinCell {
     /// the cell (see [`is_owner`](Self::is_owner)). The pinned version must
     /// not be touched afterwards.
     #[inline(always)]
-    pub(crate) fn unpin(&self, owner: bool) {
+    pub(crate) fn unpin(&'static self, owner: bool) {
         if owner {
             self.release_local();
             light();
@@ -239,38 +322,52 @@ impl PinCell {
     }
 
     /// Whether the thread with `token` owns this cell. The answer is stable
-    /// for that thread: only the owner gives a cell up, and only a cell
-    /// without owner is adopted.
+    /// for that thread while it holds a pin of the cell: only the owner
+    /// gives a cell up, only a cell without owner is adopted, and only a
+    /// cell without pins is freed (invariant 7).
     #[inline(always)]
     pub(crate) fn is_owner(&self, token: usize) -> bool {
         self.owner.load(Ordering::Relaxed) == token
     }
 
-    /// Under the lock: takes the cached reference out if it has no pin and
-    /// is not `current`.
-    fn take_if_idle(&self, current: *const ()) -> Option<Taken> {
+    /// Under the lock (`binding`): takes the cached reference out if it has
+    /// no pin and is not `current`; an orphaned cell is freed with it
+    /// (invariant 5).
+    fn take_if_idle(&'static self, binding: &mut Binding, current: *const ()) -> Option<Taken> {
         let version = self.version.load(Ordering::SeqCst);
         if version.is_null() || version.cast_const() == current || self.pins() != 0 {
             return None;
         }
         self.version.store(ptr::null_mut(), Ordering::SeqCst);
         self.stale.store(false, Ordering::SeqCst);
-        Some(Taken { version, release: self.release })
+        let release = binding.release;
+        let freed = binding.orphaned.then(|| self.free(binding));
+        Some(Taken { version, release, _freed: freed })
+    }
+
+    /// Under the lock (`binding`), with no pin and nothing cached: unbinds
+    /// the cell, for its pool (when the returned [`Freed`] is dropped).
+    fn free(&'static self, binding: &mut Binding) -> Freed {
+        debug_assert!(self.version.load(Ordering::SeqCst).is_null());
+        *binding = Binding { slot: 0, release: release_nothing, orphaned: false };
+        self.stale.store(false, Ordering::SeqCst);
+        self.owner.store(0, Ordering::SeqCst);
+        Freed(self)
     }
 
     /// The last pin of a stale cell may be gone: release its reference
-    /// (invariant 4).
+    /// (invariant 4), and free the cell if its slot is gone (invariant 5).
     #[cold]
-    fn release_if_stale(&self) {
+    fn release_if_stale(&'static self) {
         let taken = {
-            let _guard = lock(&self.lock);
+            let mut binding = lock(&self.lock);
             if !self.stale.load(Ordering::SeqCst) {
                 return;
             }
             // Stale means the cached version is not the slot's: it is never
             // `current` again (the cell's reference keeps its address from
             // being reused).
-            self.take_if_idle(ptr::null())
+            self.take_if_idle(&mut binding, ptr::null())
         };
         drop(taken);
     }
@@ -279,19 +376,20 @@ impl PinCell {
     /// slot's version (`Arc::into_raw`): caches it if the cell has no pin in
     /// flight, and pins it. On [`Repointed::Busy`], `loaded` is still the
     /// caller's; otherwise the cell took it.
-    pub(crate) fn repoint(&self, cells: &PinCells, loaded: *const ()) -> Repointed {
+    pub(crate) fn repoint(&'static self, cells: &PinCells, loaded: *const ()) -> Repointed {
         let mut taken = Vec::new();
         let outcome = {
-            let _guard = lock(&self.lock);
+            let binding = lock(&self.lock);
             if self.pins() != 0 {
                 return Repointed::Busy;
             }
             // No pin in flight: the cell is ours to change (a remote drop
-            // only reads it, and only while stale, under the lock).
+            // only reads it, and only while stale, under the lock). Its slot
+            // is alive (the caller's handle), so it is not orphaned.
             let old = self.version.swap(loaded.cast_mut(), Ordering::SeqCst);
             if !old.is_null() {
                 // The old version, or a second reference to `loaded`.
-                taken.push(Taken { version: old, release: self.release });
+                taken.push(Taken { version: old, release: binding.release, _freed: None });
             }
             self.stale.store(false, Ordering::SeqCst);
             if self.pin(cells).is_some() {
@@ -300,7 +398,7 @@ impl PinCell {
                 // A store came after the load (invariant 3): its walk may
                 // have missed this cell, so do not keep what it retired.
                 self.version.store(ptr::null_mut(), Ordering::SeqCst);
-                taken.push(Taken { version: loaded.cast_mut(), release: self.release });
+                taken.push(Taken { version: loaded.cast_mut(), release: binding.release, _freed: None });
                 Repointed::Retired
             }
         };
@@ -308,30 +406,50 @@ impl PinCell {
         outcome
     }
 
-    /// The owner thread exits: releases the cached reference if idle and
-    /// gives the cell up for adoption (invariant 5). Pins still in flight on
-    /// other threads keep the version cached: it is the slot's current one
-    /// (or the cell is stale, and the last pin releases it), and the next
-    /// store takes it back.
-    pub(crate) fn give_up(&self) {
+    /// The owner thread (`token`) exits: if the cell still serves slot `id`
+    /// for it (invariant 7), releases the cached reference if idle and gives
+    /// the cell up for adoption (invariant 5). Pins still in flight on other
+    /// threads keep the version cached: it is the slot's current one (or the
+    /// cell is stale, and the last pin releases it), and the next store
+    /// takes it back.
+    pub(crate) fn give_up(&'static self, id: u64, token: usize) {
         let taken = {
-            let _guard = lock(&self.lock);
+            let mut binding = lock(&self.lock);
+            if binding.slot != id || self.owner.load(Ordering::SeqCst) != token {
+                // Freed since, and maybe bound anew: not this thread's.
+                return;
+            }
             self.owner.store(0, Ordering::SeqCst);
             // The owner is this thread: no fast pin races with the take.
-            self.take_if_idle(ptr::null())
+            self.take_if_idle(&mut binding, ptr::null())
         };
         drop(taken);
+    }
+
+    /// Whether the cell still serves slot `id` for the thread with `token`
+    /// (invariant 7: false once it was freed).
+    fn serves(&self, id: u64, token: usize) -> bool {
+        let binding = lock(&self.lock);
+        binding.slot == id && self.owner.load(Ordering::SeqCst) == token
     }
 
     /// Adopts a cell without owner for the thread with `token`; whether it
     /// did.
     fn adopt(&self, token: usize) -> bool {
-        let _guard = lock(&self.lock);
+        let _binding = lock(&self.lock);
         if self.owner.load(Ordering::SeqCst) != 0 {
             return false;
         }
         self.owner.store(token, Ordering::SeqCst);
         true
+    }
+
+    /// Binds a free cell to `cells`' slot for the thread with `token`.
+    fn bind(&self, cells: &PinCells, token: usize) {
+        let mut binding = lock(&self.lock);
+        debug_assert_eq!(binding.slot, 0, "a free cell is bound to no slot");
+        *binding = Binding { slot: cells.id, release: cells.release, orphaned: false };
+        self.owner.store(token, Ordering::SeqCst);
     }
 }
 
@@ -347,17 +465,21 @@ pub(crate) enum Repointed {
 }
 
 /// A strong reference taken out of a cell, released when dropped (outside
-/// the cell's lock: a last reference detaches its version).
+/// the cell's lock: a last reference detaches its version); with the cell
+/// itself when that freed it, which then goes to its pool.
 struct Taken {
     version: *mut (),
     release: Release,
+    /// Dropped after the release (fields drop after `Drop::drop`).
+    _freed: Option<Freed>,
 }
 
 impl Drop for Taken {
     fn drop(&mut self) {
         // SAFETY: `version` is the cell's reference from `Arc::into_raw`,
-        // and `release` the function of the slot that made it; whoever took
-        // it out of the cell did so under the cell's lock, once.
+        // and `release` the function of the slot that made it (read from
+        // the cell's binding under the same lock); whoever took it out of
+        // the cell did so under the cell's lock, once.
         unsafe { (self.release)(self.version) }
     }
 }
@@ -372,14 +494,31 @@ pub(crate) struct PinCells {
     ///
     /// [`store`]: PinCells::store
     current: AtomicPtr<()>,
-    /// Every cell of the slot ever made (invariant 5).
+    /// Every cell bound to the slot (invariant 5: until this is dropped).
     cells: Mutex<Vec<&'static PinCell>>,
     release: Release,
+    /// Where the cells come from and go back to.
+    pool: &'static FreeCells,
 }
 
 impl PinCells {
+    /// The cells of a new slot, from the process's pool.
+    #[cfg(not(verdant_loom))]
     pub(crate) fn new(id: u64, release: Release) -> PinCells {
-        PinCells { id, current: AtomicPtr::new(ptr::null_mut()), cells: Mutex::new(Vec::new()), release }
+        PinCells::with_pool(id, release, free_cells())
+    }
+
+    /// The cells of a new slot. Under loom, whose locks are not `const`
+    /// (no static pool), from a pool of its own: the models build their
+    /// slots with [`with_pool`](Self::with_pool), handles are not modelled.
+    #[cfg(verdant_loom)]
+    pub(crate) fn new(id: u64, release: Release) -> PinCells {
+        PinCells::with_pool(id, release, Box::leak(Box::new(FreeCells::new())))
+    }
+
+    /// The cells of a new slot, from `pool`.
+    pub(crate) fn with_pool(id: u64, release: Release, pool: &'static FreeCells) -> PinCells {
+        PinCells { id, current: AtomicPtr::new(ptr::null_mut()), cells: Mutex::new(Vec::new()), release, pool }
     }
 
     /// After the slot itself holds `current` (`Arc::as_ptr`, null for none):
@@ -393,8 +532,8 @@ impl PinCells {
         let mut taken = Vec::new();
         let mut busy = Vec::new();
         for cell in cells {
-            let _guard = lock(&cell.lock);
-            if let Some(idle) = cell.take_if_idle(current) {
+            let mut binding = lock(&cell.lock);
+            if let Some(idle) = cell.take_if_idle(&mut binding, current) {
                 taken.push(idle);
             } else {
                 let version = cell.version.load(Ordering::SeqCst);
@@ -408,24 +547,46 @@ impl PinCells {
             // Invariant 4: a last pin that missed `stale` is visible now.
             heavy();
             for cell in busy {
-                let _guard = lock(&cell.lock);
+                let mut binding = lock(&cell.lock);
                 if cell.stale.load(Ordering::SeqCst) {
-                    taken.extend(cell.take_if_idle(current));
+                    taken.extend(cell.take_if_idle(&mut binding, current));
                 }
             }
         }
         drop(taken);
     }
 
-    /// This thread's cell of the slot: one it gives up adopted, or a new
-    /// one.
+    /// This thread's cell of the slot: one it gives up adopted, else a free
+    /// one bound, else a new one.
     pub(crate) fn cell_for(&self, token: usize) -> &'static PinCell {
         let mut cells = lock(&self.cells);
         if let Some(cell) = cells.iter().find(|cell| cell.owner.load(Ordering::SeqCst) == 0 && cell.adopt(token)) {
             return cell;
         }
-        // Never freed: invariant 5.
-        let cell: &'static PinCell = Box::leak(Box::new(PinCell::new(self.id, token, self.release)));
+        // Invariant 5: a free cell has no pin, caches nothing, and no entry
+        // of any thread matches it any more.
+        let free = lock(&self.pool.free).pop();
+        let cell = match free {
+            Some(cell) => {
+                cell.bind(self, token);
+                cell
+            }
+            None => {
+                self.pool.allocated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Never freed: invariant 5.
+                let binding = Binding { slot: self.id, release: self.release, orphaned: false };
+                Box::leak(Box::new(PinCell {
+                    released_remote: Padded(AtomicUsize::new(0)),
+                    acquired: AtomicUsize::new(0),
+                    released_local: AtomicUsize::new(0),
+                    version: AtomicPtr::new(ptr::null_mut()),
+                    owner: AtomicUsize::new(token),
+                    stale: AtomicBool::new(false),
+                    lock: Mutex::new(binding),
+                    pool: self.pool,
+                }))
+            }
+        };
         cells.push(cell);
         cell
     }
@@ -436,13 +597,57 @@ impl PinCells {
         let cells = lock(&self.cells).clone();
         let (mut holders, mut pins) = (0, 0);
         for cell in cells {
-            let _guard = lock(&cell.lock);
+            let _binding = lock(&cell.lock);
             if cell.version.load(Ordering::SeqCst).cast_const() == version {
                 holders += 1;
                 pins += cell.pins();
             }
         }
         (holders, pins)
+    }
+}
+
+impl Drop for PinCells {
+    /// The slot is gone: frees its cells (invariant 5). Those without pins
+    /// give back what they cache and are freed now; those with pins (which
+    /// may outlive the slot) are orphaned and stale, and after `heavy()` the
+    /// same two-sided look as [`store`](PinCells::store)'s makes sure either
+    /// this or their last pin's drop sees them idle and frees them.
+    fn drop(&mut self) {
+        let cells = std::mem::take(&mut *lock(&self.cells));
+        let mut taken = Vec::new();
+        let mut freed = Vec::new();
+        let mut busy = Vec::new();
+        for cell in cells {
+            let mut binding = lock(&cell.lock);
+            if cell.version.load(Ordering::SeqCst).is_null() {
+                // Nothing cached, so no pin: no `get()` reaches the cell any
+                // more (invariant 7).
+                freed.push(cell.free(&mut binding));
+                continue;
+            }
+            binding.orphaned = true;
+            match cell.take_if_idle(&mut binding, ptr::null()) {
+                Some(idle) => taken.push(idle),
+                None => {
+                    cell.stale.store(true, Ordering::SeqCst);
+                    busy.push(cell);
+                }
+            }
+        }
+        if !busy.is_empty() {
+            // Invariant 4's pair: a last pin that missed `stale` is visible
+            // now.
+            heavy();
+            for cell in busy {
+                let mut binding = lock(&cell.lock);
+                if binding.orphaned {
+                    taken.extend(cell.take_if_idle(&mut binding, ptr::null()));
+                }
+            }
+        }
+        drop(taken);
+        drop(freed);
     }
 }
 
@@ -460,8 +665,10 @@ pub(crate) fn slot_id() -> u64 {
 /// destructor, so reaching it is one thread-pointer-relative address and it
 /// works at any point of the thread's life. Slot `id` uses entry
 /// `id % TABLE_SIZE`; a slot whose entry another slot took finds its cell
-/// again in `OWNED` (slow path). `OWNED` lists every cell this thread owns;
-/// its destructor gives them up (invariant 5) and empties `TABLE`.
+/// again in `OWNED` (slow path). `OWNED` lists every cell this thread got,
+/// with the id of the slot it got it for (invariant 7: entries are matched
+/// by that id, and those whose cell was freed since are pruned when one is
+/// added); its destructor gives them up (invariant 5) and empties `TABLE`.
 mod local {
     use std::cell::{Cell, RefCell};
 
@@ -473,13 +680,14 @@ mod local {
 
     pub(super) struct Table([Entry; TABLE_SIZE]);
 
-    struct Owned(RefCell<Vec<&'static PinCell>>);
+    struct Owned(RefCell<Vec<(u64, &'static PinCell)>>);
 
     impl Drop for Owned {
         fn drop(&mut self) {
             TABLE.with(|table| table.0.iter().for_each(|entry| entry.set((0, std::ptr::null()))));
-            for cell in self.0.borrow_mut().drain(..) {
-                cell.give_up();
+            let token = token();
+            for (id, cell) in self.0.borrow_mut().drain(..) {
+                cell.give_up(id, token);
             }
         }
     }
@@ -500,13 +708,14 @@ mod local {
     #[inline(always)]
     pub(crate) fn cached(id: u64) -> Option<&'static PinCell> {
         let (found, cell) = TABLE.with(|table| table.0[id as usize % TABLE_SIZE].get());
-        // SAFETY: cells are never freed (invariant 5), and the table holds
-        // only cells this thread owns.
+        // SAFETY: cells are never freed (invariant 5), and an entry whose id
+        // a live slot has holds this thread's cell of that slot (invariant
+        // 7).
         (found == id && !cell.is_null()).then(|| unsafe { &*cell })
     }
 
-    /// This thread's cell of `cells`' slot, adopted or made on first use;
-    /// `None` once the thread's locals are being destroyed.
+    /// This thread's cell of `cells`' slot, adopted, recycled or made on
+    /// first use; `None` once the thread's locals are being destroyed.
     pub(crate) fn cell(cells: &PinCells) -> Option<&'static PinCell> {
         if let Some(cell) = cached(cells.id) {
             return Some(cell);
@@ -514,11 +723,15 @@ mod local {
         let cell = OWNED
             .try_with(|owned| {
                 let mut owned = owned.0.borrow_mut();
-                if let Some(cell) = owned.iter().find(|cell| cell.slot() == cells.id) {
+                if let Some((_, cell)) = owned.iter().find(|(id, _)| *id == cells.id) {
                     return *cell;
                 }
-                let cell = cells.cell_for(token());
-                owned.push(cell);
+                // Invariant 7: entries of cells freed since go (their slots
+                // are gone); the others are this thread's.
+                let token = token();
+                owned.retain(|(id, cell)| cell.serves(*id, token));
+                let cell = cells.cell_for(token);
+                owned.push((cells.id, cell));
                 cell
             })
             .ok()?;
@@ -529,13 +742,15 @@ mod local {
 
 pub(crate) use local::{cached, cell, token};
 
-/// The model check of the protocol (`scripts/loom`): an owner thread pins
-/// and unpins (and hands one pin to another thread, which drops it), while a
-/// reloader stores a new version. Checked in every interleaving: no pin
+/// The model checks of the protocol (`scripts/loom`). `loom_pin_cache`: an
+/// owner thread pins and unpins (and hands one pin to another thread, which
+/// drops it), while a reloader stores a new version. Checked in every interleaving: no pin
 /// runs on a version whose reference is gone; `status()`'s count of pins on
 /// the old version (strong count − caching cells + their pins) is never
 /// below the pins really held; once every pin is dropped and the store
 /// returned, the old version is freed (no cell keeps it).
+/// `loom_pin_cache_slot_drop`: a slot dropped while its cell has pins in
+/// flight, against their drops and the cell's reuse (invariants 5 and 7).
 #[cfg(all(test, verdant_loom))]
 mod model {
     use super::*;
@@ -564,7 +779,16 @@ mod model {
         cells: PinCells,
     }
 
+    /// A pool of cells of the model's own (one per execution).
+    fn pool() -> &'static FreeCells {
+        Box::leak(Box::new(FreeCells::new()))
+    }
+
     impl Slot {
+        fn new(id: u64, pool: &'static FreeCells) -> Slot {
+            Slot { current: Mutex::new(None), cells: PinCells::with_pool(id, release, pool) }
+        }
+
         /// `get()`: the fast pin, else the slow path.
         fn get(&self, cell: &'static PinCell) -> Pin {
             if let Some(version) = cell.pin(&self.cells) {
@@ -665,7 +889,7 @@ mod model {
             let (v2, v2_ptr, v2_alive) = version();
             let versions = Arc::new(Versions { v1: (v1_ptr, v1_alive.clone()), v2: (v2_ptr, v2_alive) });
             let v1_weak = Arc::downgrade(&v1);
-            let slot = loom::sync::Arc::new(Slot { current: Mutex::new(None), cells: PinCells::new(1, release) });
+            let slot = loom::sync::Arc::new(Slot::new(1, pool()));
             slot.store(v1);
             let cell = slot.cells.cell_for(1);
             // A warm cache, and a pin that moves to another thread.
@@ -709,8 +933,112 @@ mod model {
             let pin = slot.get(cell);
             assert_eq!(pin.ptr(), v2_ptr);
             pin.drop_on(true);
-            cell.give_up();
+            cell.give_up(1, 1);
             drop(slot.store_none());
         });
+    }
+
+    /// A slot dropped while pins of its cell are in flight (a `Pinned` may
+    /// outlive its slot): one dropped by the owner, one moved to another
+    /// thread and dropped there, while the owner takes a cell for a new
+    /// slot (the freed one if it is free by then). Checked: no call runs on
+    /// a dropped version; the retired version is freed once its pins are
+    /// gone; the cell is freed exactly once (every cell ends on the free
+    /// list, and a later slot allocates none); the owner's exit gives up
+    /// only the cell it still owns. Twice: with the slot's store
+    /// of "none" before its cells are dropped (what `Slot`'s drop does), and
+    /// without (the cells' own drop then marks them stale, and its second
+    /// look after `heavy()` is what frees a cell whose last pin missed it).
+    #[test]
+    fn loom_pin_cache_slot_drop() {
+        slot_drop_model(true);
+        slot_drop_model(false);
+    }
+
+    fn slot_drop_model(store_none_first: bool) {
+        // Bounded as `loom_pin_cache` (both variants ~8 s in release).
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = builder.preemption_bound.or(Some(4));
+        builder.check(move || {
+            let pool = pool();
+            let (v1, v1_ptr, v1_alive) = version();
+            let (v2, v2_ptr, v2_alive) = version();
+            let versions = Arc::new(Versions { v1: (v1_ptr, v1_alive.clone()), v2: (v2_ptr, v2_alive.clone()) });
+            let slot = Slot::new(1, pool);
+            slot.store(v1);
+            let cell = slot.cells.cell_for(1);
+            let mine = slot.get(cell);
+            let moved = slot.get(cell);
+            assert_eq!((mine.ptr(), moved.ptr()), (v1_ptr, v1_ptr));
+
+            // The registry drops the slot: its version goes, then its cells.
+            let dropper = loom::thread::spawn(move || {
+                if store_none_first {
+                    drop(slot.store_none());
+                }
+                drop(slot);
+            });
+            let remote = {
+                let versions = versions.clone();
+                loom::thread::spawn(move || {
+                    versions.call(&moved);
+                    moved.drop_on(false);
+                })
+            };
+
+            // The owner: its pin, then a new slot's cell and a call on it.
+            versions.call(&mine);
+            mine.drop_on(true);
+            dropper.join().unwrap();
+            let slot2 = Slot::new(2, pool);
+            slot2.store(v2);
+            let cell2 = slot2.cells.cell_for(1);
+            let pin = slot2.get(cell2);
+            assert_eq!(pin.ptr(), v2_ptr);
+            versions.call(&pin);
+            pin.drop_on(true);
+            remote.join().unwrap();
+
+            assert!(!v1_alive.load(Ordering::SeqCst), "a dropped slot's version outlived its pins");
+            assert!(pool.allocated() <= 2);
+            // The owner exits (invariant 7): its entry of the dropped slot
+            // leaves the cell alone, whoever it serves now (maybe `cell2`).
+            cell.give_up(1, 1);
+            assert!(cell2.is_owner(1), "a stale entry gave up a rebound cell");
+            cell2.give_up(2, 1);
+            assert!(!cell2.is_owner(1));
+            drop(slot2.store_none());
+            drop(slot2);
+            assert!(!v2_alive.load(Ordering::SeqCst), "a dropped slot's version outlived its pins");
+            assert_eq!(pool.free(), pool.allocated(), "a cell was lost, or freed twice");
+            // A later slot recycles a cell rather than allocating one.
+            let allocated = pool.allocated();
+            let slot3 = Slot::new(3, pool);
+            let _cell = slot3.cells.cell_for(1);
+            assert_eq!(pool.allocated(), allocated);
+        });
+    }
+}
+/// The layout the fast path relies on.
+#[cfg(all(test, not(verdant_loom)))]
+mod tests {
+    use std::mem::offset_of;
+
+    use super::PinCell;
+
+    /// What a fast pin and its drop touch is on one cache line, and not on
+    /// the remote releases' line.
+    #[test]
+    fn the_fast_path_touches_one_cache_line() {
+        let line = offset_of!(PinCell, acquired) / 64;
+        for (field, offset) in [
+            ("released_local", offset_of!(PinCell, released_local)),
+            ("version", offset_of!(PinCell, version)),
+            ("owner", offset_of!(PinCell, owner)),
+            ("stale", offset_of!(PinCell, stale)),
+        ] {
+            assert_eq!(offset / 64, line, "{field} is not on `acquired`'s line");
+        }
+        assert_ne!(offset_of!(PinCell, released_remote) / 64, line);
     }
 }
