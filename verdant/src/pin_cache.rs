@@ -36,6 +36,17 @@
 //!    stale). After the store returned, every pin's `current` load sees the
 //!    new pointer. The same argument makes invariant 2 hold for the fast
 //!    pin: a version the reloader saw idle is never validated afterwards.
+//!    One case needs more: the cached pointer is read, then the thread
+//!    stops for a while; meanwhile the cell's stale version is released
+//!    (by a remote last pin), and a reload allocates the next version *at
+//!    the same address* and makes it current. The compare would then pass
+//!    on a cell that caches nothing, and a later reload would free that
+//!    version under the pin. So the pin reads `version` again after its
+//!    `Acquire` load of `current`: the release nulled `version` before the
+//!    old version was freed, that is before the new one was allocated at
+//!    its address and stored in `current`, so a pin that read the new
+//!    `current` reads the null and fails. Loom cannot show this case (its
+//!    versions never share an address); it is argued here.
 //! 4. **A retired version never stays cached without a pin.** The reloader
 //!    takes back idle cells' references itself; for busy ones it sets
 //!    `stale`, runs `heavy()` again and re-reads their counters. A last pin
@@ -283,7 +294,12 @@ impl PinCell {
         self.acquire();
         light();
         let version = self.version.load(Ordering::Relaxed);
-        if !version.is_null() && version == cells.current.load(Ordering::Relaxed) {
+        // Acquire, and `version` read again after it (invariant 3, the
+        // address reuse case): a plain `mov` each on x86.
+        if !version.is_null()
+            && version == cells.current.load(Ordering::Acquire)
+            && version == self.version.load(Ordering::Relaxed)
+        {
             return Some(version);
         }
         self.release_local();
