@@ -194,6 +194,32 @@ fn a_truncated_build_is_refused() {
 }
 
 #[test]
+fn a_build_that_differs_only_in_its_debug_sections_is_the_serving_version() {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let s = serving_v1(|b| b);
+    let mut v1 = std::fs::read(fixture("good-v1")).expect("read good-v1");
+    // A byte between the end of the last loaded segment and the section
+    // header table: debug information, which a reload does not read.
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&*v1).expect("ELF header");
+    let endian = header.endian().expect("byte order");
+    let loaded = header
+        .program_headers(endian, &*v1)
+        .expect("program headers")
+        .iter()
+        .map(|segment| segment.p_offset(endian) + segment.p_filesz(endian))
+        .max()
+        .expect("segments");
+    let section_headers = header.e_shoff(endian);
+    assert!(section_headers > loaded + 2, "the fixture has unloaded sections");
+    v1[((loaded + section_headers) / 2) as usize] ^= 0x5a;
+    s.artifact.install_bytes(&v1);
+    let report = s.verdant.reload_blocking(Some("probe")).expect("reload");
+    assert!(matches!(report.outcome("probe"), Some(Outcome::Unchanged { .. })), "{report}");
+    assert_eq!(s.probe.get().expect("serving").generation(), 1);
+    assert_eq!(s.private_copies().len(), 1, "{:?}", s.private_copies());
+}
+
+#[test]
 fn an_empty_file_is_refused() {
     let s = serving_v1(|b| b);
     s.artifact.install_bytes(&[]);
