@@ -1022,17 +1022,23 @@ mod tests {
         other[middle] ^= 0xff;
         std::fs::write(&path, &other).expect("rewrite in place");
         let copy = System.copy(dir.path(), "copy.so", bytes, loaded, rest).expect("write the copy");
-        // The tail is written on a thread of its own; it gives up, and the
-        // copy ends with its loaded part.
-        let cut = (0..400).any(|_| {
-            if std::fs::metadata(&copy.path).is_ok_and(|m| m.len() == loaded as u64) {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-            false
-        });
-        assert!(cut, "the copy was not cut after its loaded part");
-        assert!(std::fs::read(&copy.path).expect("read the copy") == whole[..loaded]);
+        // The tail is copied on the tail thread; it gives up, and the copy
+        // ends with its loaded part. (Its length is that before the tail
+        // job runs too: wait for the job first.)
+        tail_jobs_done();
+        let copied = std::fs::read(&copy.path).expect("read the copy");
+        assert_eq!(copied.len(), loaded, "the copy was not cut after its loaded part");
+        assert!(copied == whole[..loaded]);
+    }
+
+    /// Returns once every tail job queued before the call has run: the
+    /// tail thread runs its jobs in order.
+    fn tail_jobs_done() {
+        let (done, finished) = std::sync::mpsc::channel();
+        in_background(Box::new(move || {
+            let _ = done.send(());
+        }));
+        finished.recv_timeout(std::time::Duration::from_secs(30)).expect("the tail thread ran the jobs before");
     }
 
     #[test]
