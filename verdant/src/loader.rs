@@ -3,7 +3,9 @@
 //!
 //! # Opening the file that was checked
 //!
-//! The private copy is written from the bytes that were validated, and the
+//! The part of the private copy that `dlopen` reads and maps is written from
+//! the bytes that were validated (the debug sections after it are copied
+//! later, and only if the artifact did not change meanwhile), and the
 //! copy is opened through the descriptor that wrote it (`/proc/self/fd/N`),
 //! never by its path again: if something replaced the file under that name
 //! between the write and the `dlopen` (anything that can write the private
@@ -339,7 +341,7 @@ impl Tail {
 }
 
 /// Copies the part of the artifact that was not read into `copy`, at the
-/// same offset, inside the kernel (`std::io::copy` of two files is
+/// same offset, inside the kernel where it can (`std::io::copy` of two files is
 /// `copy_file_range` on Linux, or `sendfile`). Fails if the artifact is not
 /// the one read any more: its stamp changed (written in place), it is
 /// shorter, or its section headers are other bytes than those validated.
