@@ -1,6 +1,6 @@
 //! The demo's shop compiled into the host: the same router (the same source
-//! file as `shop-lib`) and the same host layers as `demo-app`, without
-//! Verdant. `scripts/loadtest` compares `/shop/hello` through Verdant with
+//! file as `shop-lib`), the same host layers as `demo-app` and the same
+//! graceful shutdown, without Verdant. `scripts/loadtest` compares `/shop/hello` through Verdant with
 //! this.
 
 use axum::http::{HeaderValue, StatusCode};
@@ -27,7 +27,7 @@ async fn main() -> std::io::Result<()> {
         .layer(CatchPanicLayer::custom(|_| {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n").into_response()
         }));
-    verdant_loadtest::serve(app, &verdant_loadtest::addr_arg()).await
+    verdant_loadtest::serve_as_the_demo(app, &verdant_loadtest::addr_arg()).await
 }
 
 /// What demo-app's generation stamp does, with a fixed generation.
