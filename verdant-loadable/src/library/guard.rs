@@ -572,6 +572,39 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_future_is_dropped_by_its_last_poll_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let tracked = Tracked { drops: drops.clone(), panic_on_drop: false };
+        let mut future = guard_future(move || async move {
+            let _keep = tracked;
+            7
+        });
+        assert_eq!(poll_once(future.as_mut()), Poll::Ready(Ok(7)));
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "dropped by the poll that finished it");
+        assert!(matches!(poll_once(future.as_mut()), Poll::Ready(Err(_))), "a poll after the end is an error");
+        drop(future);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "and never dropped twice");
+    }
+
+    #[test]
+    fn a_panic_while_dropping_a_finished_future_is_its_result() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let tracked = Tracked { drops: drops.clone(), panic_on_drop: true };
+        let mut future = guard_future(move || async move {
+            let _keep = tracked;
+            7
+        });
+        match poll_once(future.as_mut()) {
+            Poll::Ready(Err(panic)) => assert_eq!(panic.message(), "drop exploded"),
+            other => panic!("expected the drop's panic, got {other:?}"),
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(matches!(poll_once(future.as_mut()), Poll::Ready(Err(_))), "a poll after the end is an error");
+        drop(future);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the half-dropped future is never dropped again");
+    }
+
+    #[test]
     fn panics_carry_no_location_outside_a_loaded_library_and_display_it_inside() {
         let plain = catch(|| panic!("plain")).unwrap_err();
         assert_eq!(plain.to_string(), "panicked: plain");
