@@ -127,6 +127,27 @@ fn single_thread(c: &mut Criterion) {
     let swap: ArcSwap<Box<dyn Probe>> = ArcSwap::from_pointee(Box::new(LocalProbe));
     let lock: RwLock<Arc<dyn Probe>> = RwLock::new(Arc::new(LocalProbe));
 
+    // `HANDLE_ONLY=NAME:N`: N calls of `arc_dyn`, `verdant_get_call`,
+    // `verdant_get_only` or `verdant_pinned_call`, then exit without
+    // criterion: a fixed workload for an instruction count
+    // (`scripts/instructions --handle`), which the machine's noise cannot
+    // move.
+    if let Ok(only) = std::env::var("HANDLE_ONLY") {
+        let (name, count) = only.split_once(':').expect("HANDLE_ONLY=NAME:N");
+        let count: u64 = count.parse().expect("HANDLE_ONLY=NAME:N, N a number");
+        let pinned = handle.get().expect("attached");
+        for _ in 0..count {
+            match name {
+                "arc_dyn" => drop(black_box(black_box(&local).version())),
+                "verdant_get_call" => drop(black_box(black_box(&handle).get().map(|p| p.version()))),
+                "verdant_get_only" => drop(black_box(black_box(&handle).get().is_ok())),
+                "verdant_pinned_call" => drop(black_box(black_box(&pinned).version())),
+                other => panic!("HANDLE_ONLY: no workload `{other}`"),
+            }
+        }
+        std::process::exit(0);
+    }
+
     let mut group = c.benchmark_group("call");
     group.bench_function("arc_dyn", |b| b.iter(|| black_box(&local).version()));
     group.bench_function("arcswap_load", |b| b.iter(|| black_box(&swap).load().version()));
