@@ -171,15 +171,26 @@ fn measure(c: &mut Criterion, name: &str, builds: &[Vec<u8>; 2], all: bool) {
                 artifact.install_bytes(&builds[next]);
                 let started = Instant::now();
                 let report = verdant.reload_blocking(None).expect("reload");
-                total += started.elapsed();
+                let elapsed = started.elapsed();
+                total += elapsed;
                 assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+                let mut record =
+                    |step: String, duration: Duration| match steps.iter_mut().find(|(name, _)| *name == step) {
+                        Some((_, durations)) => durations.push(duration),
+                        None => steps.push((step, vec![duration])),
+                    };
+                let mut in_steps = Duration::ZERO;
                 for time in report.loadables.iter().flat_map(|loadable| &loadable.steps) {
-                    let step = time.step.to_string();
-                    match steps.iter_mut().find(|(name, _)| *name == step) {
-                        Some((_, durations)) => durations.push(time.duration),
-                        None => steps.push((step, vec![time.duration])),
-                    }
+                    in_steps += time.duration;
+                    record(time.step.to_string(), time.duration);
                 }
+                // What no step measures: inside the transaction (between
+                // and around the steps), and around it (handing the
+                // reload to the registry's reload thread and the result
+                // back, the manifest, the result's bookkeeping).
+                record("between steps".to_owned(), report.duration.saturating_sub(in_steps));
+                record("around the transaction".to_owned(), elapsed.saturating_sub(report.duration));
+                record("whole reload".to_owned(), elapsed);
                 next = 1 - next;
             }
             total
@@ -211,7 +222,8 @@ fn measure(c: &mut Criterion, name: &str, builds: &[Vec<u8>; 2], all: bool) {
         .iter_mut()
         .map(|(step, durations)| {
             durations.sort();
-            format!("{step} {:.1?}", durations[durations.len() / 2])
+            let mean = durations.iter().sum::<Duration>() / durations.len().max(1) as u32;
+            format!("{step} {:.1?} (mean {mean:.1?})", durations[durations.len() / 2])
         })
         .collect();
     eprintln!("{name} step medians over {} reloads: {}", steps.first().map_or(0, |(_, d)| d.len()), medians.join(", "));
