@@ -708,6 +708,8 @@ impl Verdant {
             return Ok(self.inner.empty_report(Trigger::Attach));
         }
         let started = Instant::now();
+        // Until the attach has returned (`loader::hold_background`).
+        let _held = crate::loader::hold_background();
         let result = transaction::run(&self.inner, &targets, Mode::Attach, Trigger::Attach, 1);
         self.inner.finish(Trigger::Attach, started, &result);
         self.inner.notify_changed();

@@ -138,6 +138,9 @@ pub(crate) fn start_worker(coordinator: Arc<Coordinator>, registry: Weak<Inner>)
             if let Some(sender) = notify {
                 crate::systemd::notify_reloading(sender);
             }
+            // The copies' background work (debug sections, the next spare
+            // file) waits until the callers have their result.
+            let held = crate::loader::hold_background();
             let result = inner.run_reload(&names, trigger, batch.len());
             if notify.is_some() {
                 crate::systemd::notify_reloaded(&result, inner.generation.load(std::sync::atomic::Ordering::Acquire));
@@ -145,6 +148,7 @@ pub(crate) fn start_worker(coordinator: Arc<Coordinator>, registry: Weak<Inner>)
             for request in batch {
                 request.waiter.send(result.clone());
             }
+            drop(held);
         }
     })?;
     Ok(())
