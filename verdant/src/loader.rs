@@ -1,17 +1,26 @@
-//! Loading one library version: read, copy, validate, `dlopen`, identify and
-//! type-check, each a named [`Step`](crate::Step).
+//! Loading one library version: read, validate, copy, `dlopen`, identify and
+//! type-check, each a named [`Step`](crate::Step). The background work of a
+//! copy (its debug sections, the next spare file) runs on the kept
+//! `verdant-copy-tail` thread once the transaction's caller has its result
+//! ([`hold_background`]).
 //!
 //! # Opening the file that was checked
 //!
 //! The part of the private copy that `dlopen` reads and maps is written from
 //! the bytes that were validated (the debug sections after it are copied
-//! later, and only if the artifact did not change meanwhile), and the
-//! copy is opened through the descriptor that wrote it (`/proc/self/fd/N`),
-//! never by its path again: if something replaced the file under that name
-//! between the write and the `dlopen` (anything that can write the private
-//! directory: a process of the same user, a cleaner that got ownership
-//! wrong), the inode that was written and validated is still the one mapped,
-//! and no unchecked code runs.
+//! later, and only if the artifact did not change meanwhile), and `dlopen`
+//! is given a read-only descriptor of the very inode that was written
+//! (`/proc/self/fd/N`), never the copy's path: if something replaced the
+//! file under that name between the write and the `dlopen` (anything that
+//! can write the private directory: a process of the same user, a cleaner
+//! that got ownership wrong), the inode that was written and validated is
+//! still the one mapped, and no unchecked code runs. That descriptor is
+//! opened through the one that wrote the copy, or, for a copy written into
+//! a spare file made ahead of time (`private_dir.rs`: no file is created on
+//! the reload's path), by the name just given to it and kept only if it is
+//! the inode written (device and inode number; the written descriptor keeps
+//! that inode from being reused meanwhile), else again through the writing
+//! descriptor.
 //!
 //! glibc returns an already-loaded library when `dlopen` is given the name
 //! it was loaded by, and a retired library stays loaded — mapped, with its
