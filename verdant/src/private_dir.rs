@@ -289,7 +289,9 @@ fn write_spare(spare: Spare, path: &Path, bytes: &[u8], more: bool) -> io::Resul
 /// link the `/proc/self/fd` symbolic link itself (refused across file
 /// systems), and `AT_EMPTY_PATH` on the descriptor needs a capability
 /// before Linux 6.10. Following the `/proc` link (`AT_SYMLINK_FOLLOW`) is
-/// the unprivileged form `open(2)` documents.
+/// the unprivileged form `open(2)` documents. One call, with `libc`, which
+/// verdant already uses, rather than a new dependency (`nix` or `rustix`)
+/// for it.
 fn link(file: &File, path: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let name = |bytes: &[u8]| {
