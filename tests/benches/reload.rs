@@ -21,7 +21,9 @@
 //!   (good-v1 and good-v2 in turn): read, hash, validate, copy, `dlopen`,
 //!   check, attach (the fixture's hook does next to nothing), swap.
 //!   The median time of each step over these reloads is printed after
-//!   the group (`step medians`).
+//!   the group (`step medians`), with the time outside the steps (between
+//!   them, and around the transaction: the hand-off to the registry's
+//!   reload thread and back) and the whole reload's median.
 //! - `reload_unchanged`: `reload_blocking` of the same file, once it last
 //!   changed more than a second ago: what a reload of a loadable that was
 //!   not rebuilt costs (one `fstat`).
@@ -90,13 +92,14 @@ const SPACING: Duration = Duration::from_millis(50);
 /// §4), so its later reloads also measure `dlopen` walking hundreds of
 /// loaded objects, ext4 skipping hundreds of inodes deleted within the
 /// last seconds, and the previous version's release competing for the
-/// cores. Prints the medians and their ratio.
+/// cores. Prints the medians and their ratio, and the step medians.
 fn spaced(name: &str, builds: &[Vec<u8>; 2]) {
     let artifact = Artifact::new("good-v1");
     artifact.install_bytes(&builds[0]);
     let (verdant, _shared, _probe) = attached(&artifact);
     let scratch = tempfile::tempdir().expect("scratch dir");
     let (mut reloads, mut floors) = (Vec::new(), Vec::new());
+    let mut steps: Steps = Vec::new();
     for i in 0..SPACED_RELOADS {
         std::thread::sleep(SPACING);
         let copy = scratch.path().join(format!("copy-{i}.so"));
@@ -109,8 +112,10 @@ fn spaced(name: &str, builds: &[Vec<u8>; 2]) {
         std::thread::sleep(SPACING);
         let started = Instant::now();
         let report = verdant.reload_blocking(None).expect("reload");
-        reloads.push(started.elapsed());
+        let elapsed = started.elapsed();
+        reloads.push(elapsed);
         assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
+        record_steps(&mut steps, &report, elapsed);
     }
     let median = |times: &mut Vec<Duration>| {
         times.sort();
@@ -122,6 +127,46 @@ fn spaced(name: &str, builds: &[Vec<u8>; 2]) {
         reload.as_secs_f64() / floor.as_secs_f64(),
         reloads[reloads.len() * 9 / 10],
     );
+    print_steps(name, &mut steps);
+}
+
+/// Each step's durations over some reloads, by step name (in the order
+/// first seen).
+type Steps = Vec<(String, Vec<Duration>)>;
+
+/// Adds the step times of `report` (a reload that took `elapsed` around
+/// `reload_blocking`) to `steps`, and what no step measures: inside the
+/// transaction (between and around the steps), and around it (handing the
+/// reload to the registry's reload thread and the result back, the
+/// result's bookkeeping).
+fn record_steps(steps: &mut Steps, report: &verdant::ReloadReport, elapsed: Duration) {
+    let mut record = |step: String, duration: Duration| match steps.iter_mut().find(|(name, _)| *name == step) {
+        Some((_, durations)) => durations.push(duration),
+        None => steps.push((step, vec![duration])),
+    };
+    let mut in_steps = Duration::ZERO;
+    for time in report.loadables.iter().flat_map(|loadable| &loadable.steps) {
+        in_steps += time.duration;
+        record(time.step.to_string(), time.duration);
+    }
+    record("between steps".to_owned(), report.duration.saturating_sub(in_steps));
+    record("around the transaction".to_owned(), elapsed.saturating_sub(report.duration));
+    record("whole reload".to_owned(), elapsed);
+}
+
+/// Prints the median (and mean) of each step of `steps`: where a reload
+/// goes, less noisy than one report.
+fn print_steps(name: &str, steps: &mut Steps) {
+    let medians: Vec<String> = steps
+        .iter_mut()
+        .map(|(step, durations)| {
+            durations.sort();
+            let mean = durations.iter().sum::<Duration>() / durations.len().max(1) as u32;
+            format!("{step} {:.1?} (mean {mean:.1?})", durations[durations.len() / 2])
+        })
+        .collect();
+    let reloads = steps.first().map_or(0, |(_, durations)| durations.len());
+    eprintln!("{name} step medians over {reloads} reloads: {}", medians.join(", "));
 }
 
 /// The group `name`: `io_floor` and `reload_changed` of `builds` (installed
@@ -163,7 +208,7 @@ fn measure(c: &mut Criterion, name: &str, builds: &[Vec<u8>; 2], all: bool) {
 
     let mut next = 1;
     // Every measured changed reload's step times, for their medians.
-    let mut steps: Vec<(String, Vec<Duration>)> = Vec::new();
+    let mut steps: Steps = Vec::new();
     group.bench_function("reload_changed", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -171,15 +216,10 @@ fn measure(c: &mut Criterion, name: &str, builds: &[Vec<u8>; 2], all: bool) {
                 artifact.install_bytes(&builds[next]);
                 let started = Instant::now();
                 let report = verdant.reload_blocking(None).expect("reload");
-                total += started.elapsed();
+                let elapsed = started.elapsed();
+                total += elapsed;
                 assert!(matches!(report.outcome("probe"), Some(Outcome::Swapped { .. })), "{report}");
-                for time in report.loadables.iter().flat_map(|loadable| &loadable.steps) {
-                    let step = time.step.to_string();
-                    match steps.iter_mut().find(|(name, _)| *name == step) {
-                        Some((_, durations)) => durations.push(time.duration),
-                        None => steps.push((step, vec![time.duration])),
-                    }
-                }
+                record_steps(&mut steps, &report, elapsed);
                 next = 1 - next;
             }
             total
@@ -205,16 +245,8 @@ fn measure(c: &mut Criterion, name: &str, builds: &[Vec<u8>; 2], all: bool) {
     }
     group.finish();
 
-    // The median of each step over the changed reloads (warm-up included):
-    // where a reload goes, less noisy than one report.
-    let medians: Vec<String> = steps
-        .iter_mut()
-        .map(|(step, durations)| {
-            durations.sort();
-            format!("{step} {:.1?}", durations[durations.len() / 2])
-        })
-        .collect();
-    eprintln!("{name} step medians over {} reloads: {}", steps.first().map_or(0, |(_, d)| d.len()), medians.join(", "));
+    // The median of each step over the changed reloads (warm-up included).
+    print_steps(name, &mut steps);
 
     // One more changed reload, whose step times are printed for the record.
     artifact.install_bytes(&builds[next]);

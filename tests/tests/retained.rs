@@ -73,6 +73,11 @@ fn copy_file_bytes(private_dir: &Path) -> HashMap<PathBuf, u64> {
         if !path.starts_with(private_dir) {
             continue;
         }
+        // Spare files made ahead of time for the next copies are unnamed
+        // (`O_TMPFILE`, shown as `#<inode>`): no copy of any version.
+        if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with('#')) {
+            continue;
+        }
         // (The private directory itself is open too: its lock.)
         match std::fs::metadata(entry.path()) {
             Ok(metadata) if metadata.is_file() => {

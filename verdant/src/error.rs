@@ -29,9 +29,11 @@ pub enum Step {
     /// Checking the bytes that will be the private copy: a complete shared
     /// object for this machine that defines exactly one Verdant descriptor.
     Validate,
-    /// Writing the private copy (a fresh inode, [`docs::boundary`](crate::docs::boundary) §5); only the
-    /// validated bytes are written, and only this copy is opened, through
-    /// the descriptor that wrote it rather than by its name.
+    /// Writing the private copy (a fresh inode, [`docs::boundary`](crate::docs::boundary) §5), into a
+    /// file made ahead of time where the file system allows (`O_TMPFILE`),
+    /// then naming it; only the validated bytes are written, and only the
+    /// inode written is opened (checked by its device and inode number),
+    /// never whatever file has its name.
     Copy,
     /// `dlopen` and reading the descriptor header; refuses a library built
     /// with `panic = "abort"`, and one whose constructors still hold memory

@@ -708,6 +708,8 @@ impl Verdant {
             return Ok(self.inner.empty_report(Trigger::Attach));
         }
         let started = Instant::now();
+        // Until the attach has returned (`loader::hold_background`).
+        let _held = crate::loader::hold_background();
         let result = transaction::run(&self.inner, &targets, Mode::Attach, Trigger::Attach, 1);
         self.inner.finish(Trigger::Attach, started, &result);
         self.inner.notify_changed();
@@ -755,6 +757,11 @@ impl Verdant {
 
     /// [`reload`](Self::reload), blocking the calling thread until done.
     ///
+    /// When no reload runs or waits, the calling thread runs this one
+    /// itself instead of handing it to the registry's reload thread (the
+    /// attach hooks still run on their own thread); calls and signals that
+    /// arrive meanwhile are coalesced into one follow-up reload as usual.
+    ///
     /// ```no_run
     /// # let verdant = verdant::Verdant::builder(()).build()?;
     /// verdant.reload_blocking(None)?;
@@ -766,6 +773,12 @@ impl Verdant {
             Some(names) => names,
             None => return Ok(self.inner.empty_report(Trigger::Call)),
         };
+        // Nothing runs or waits: this thread runs the transaction itself
+        // (`trigger.rs`), without waking the reload thread and being woken.
+        if let Some(_running) = self.inner.coordinator.run_here()? {
+            let _held = crate::loader::hold_background();
+            return self.inner.run_reload(&names.into_iter().collect(), Trigger::Call, 1);
+        }
         let (sender, receiver) = mpsc::sync_channel(1);
         self.inner.coordinator.submit(Request { names, trigger: Trigger::Call, waiter: Waiter::Blocking(sender) });
         receiver

@@ -241,7 +241,7 @@ fn load(
     }
     let loaded = timed(entry, steps, Step::Validate, || inner.stages.validate(&bytes, rest.as_ref()))?;
     let copy = timed(entry, steps, Step::Copy, || {
-        inner.stages.copy(inner.private_dir.path(), &copy_name(&entry.name, &hash), bytes, loaded, rest)
+        inner.stages.copy(&inner.private_dir, &copy_name(&entry.name, &hash), bytes, loaded, rest)
     })?;
     let copy_path = copy.path.clone();
     let library = timed(entry, steps, Step::Open, || {
