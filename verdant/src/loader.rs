@@ -222,7 +222,7 @@ impl Stages for System {
         loaded: usize,
         rest: Option<Rest>,
     ) -> Result<PrivateCopy, LoadError> {
-        write_copy(dir, file_name, bytes, loaded, rest)
+        write_copy(dir, file_name, bytes, loaded, rest, whole_copy_before_load())
             .map_err(|e| LoadError::Copy { copy: dir.path().join(file_name), source: Arc::new(e) })
     }
 
@@ -259,12 +259,16 @@ impl Stages for System {
 /// copy stays a valid shared object without debug information. A version
 /// that retires before its tail was written takes the writable descriptor
 /// first ([`Writable`]), and the tail is never written.
+///
+/// With `whole` ([`whole_copy_before_load`]), the tail is written before
+/// this returns, on the calling thread.
 fn write_copy(
     dir: &PrivateDir,
     name: &str,
     bytes: Vec<u8>,
     loaded: usize,
     rest: Option<Rest>,
+    whole: bool,
 ) -> std::io::Result<PrivateCopy> {
     let loaded = loaded.min(bytes.len());
     // A rest not read is always copied later: reading it now would cost
@@ -281,6 +285,13 @@ fn write_copy(
     };
     if let Some(from) = from {
         let tail = Tail { copy: path.clone(), loaded, from };
+        if whole {
+            if let Some(written) = writable.lock().as_ref() {
+                tail.write(written);
+            }
+            dir.refill_later();
+            return Ok(PrivateCopy { path, file, writable });
+        }
         let tail_writable = writable.clone();
         in_background(Box::new(move || {
             // Held for the write: the version's retirement waits for it, or
@@ -295,6 +306,21 @@ fn write_copy(
     // `private_dir.rs`).
     dir.refill_later();
     Ok(PrivateCopy { path, file, writable })
+}
+
+/// Whether private copies are written whole, debug sections included,
+/// before `dlopen` (the environment variable `VERDANT_WHOLE_COPY` set to
+/// anything but empty or `0`, read once per process).
+///
+/// For tools that read a library's symbols from its file the moment it is
+/// loaded, in the process itself: valgrind and its tools, heaptrack, a
+/// sanitizer's symbolizer. They would otherwise find the copy's section
+/// header table and symbols not written yet (the tail, `write_copy`), and
+/// name none of the library's functions. It costs a debug reload the time
+/// of writing its debug sections (15 MB: tens of milliseconds).
+fn whole_copy_before_load() -> bool {
+    static WHOLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WHOLE.get_or_init(|| std::env::var_os("VERDANT_WHOLE_COPY").is_some_and(|value| !value.is_empty() && value != "0"))
 }
 
 /// Runs `job` on the process's one `verdant-copy-tail` thread, after the
@@ -1199,6 +1225,28 @@ mod tests {
             let written =
                 System.copy(&private, &format!("probe-{name}.so"), read, loaded, rest).expect("write the copy");
             assert_copy_becomes_whole(written, &bytes);
+        }
+    }
+
+    #[test]
+    fn a_whole_copy_has_its_debug_sections_before_it_is_opened() {
+        let bytes = fixture_bytes("good_v1");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let private = PrivateDir::create(Some(dir.path())).expect("private dir");
+        // Held: no background job (the tail, when deferred) runs until the
+        // end of the test's scope.
+        let _held = hold_background();
+        for whole in [false, true] {
+            let (read, _, rest) = read(dir.path(), &format!("artifact-{whole}.so"), &bytes);
+            let loaded = System.validate(&read, rest.as_ref()).expect("a valid library");
+            let written =
+                write_copy(&private, &format!("probe-{whole}.so"), read, loaded, rest, whole).expect("write the copy");
+            let copied = std::fs::read(&written.path).expect("read the copy");
+            if whole {
+                assert!(copied == bytes, "VERDANT_WHOLE_COPY: the copy is whole before dlopen");
+            } else {
+                assert_eq!(copied.len(), loaded, "by default the tail waits for the background");
+            }
         }
     }
 
