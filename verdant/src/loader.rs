@@ -285,22 +285,20 @@ fn write_copy(
     };
     if let Some(from) = from {
         let tail = Tail { copy: path.clone(), loaded, from };
-        if whole {
-            if let Some(written) = writable.lock().as_ref() {
-                tail.write(written);
-            }
-            dir.refill_later();
-            return Ok(PrivateCopy { path, file, writable });
-        }
         let tail_writable = writable.clone();
-        in_background(Box::new(move || {
+        let write_tail = move || {
             // Held for the write: the version's retirement waits for it, or
             // took the descriptor before and nothing is written.
             let writable = tail_writable.lock();
             if let Some(written) = writable.as_ref() {
                 tail.write(written);
             }
-        }));
+        };
+        if whole {
+            write_tail();
+        } else {
+            in_background(Box::new(write_tail));
+        }
     }
     // The next copy's file, made after this one's tail (module docs of
     // `private_dir.rs`).
