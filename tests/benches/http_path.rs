@@ -218,8 +218,9 @@ fn raw_dlopen_app() -> Router {
     let path = verdant_tests::artifact_dir().join("libfixture_raw_shop.so");
     assert!(path.is_file(), "{} is missing: run scripts/bench (it builds the release libraries)", path.display());
     // SAFETY: the fixture runs no initialisers of its own, and it was built
-    // by the same `cargo` invocation as this benchmark, so the Rust types of
-    // `Call` have the same layout on both sides (see the fixture's docs: a
+    // from this workspace by the same compiler with the same feature set
+    // (the workspace-hack), so the Rust types of `Call` have the same layout
+    // on both sides (see the fixture's docs: a
     // measurement of the floor, not a way to load libraries). The library is
     // leaked: the function pointer is used until the process exits.
     let call: Call = unsafe {
